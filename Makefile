@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine: `make demo` (the main job) and `make test`.
+# Both install what they need into .venv/ first; the install is skipped when pyproject.toml is unchanged.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# CPU machines take the CPU build of torch (2.13.0 resolves to the local CPU wheel here) instead of a
+# multi-GB CUDA build; machines with nvidia-smi let pip choose the CUDA build.
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install demo test test-fast serve mlflow-ui clean-runs
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PIP) install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "$(TORCH_CPU)"; fi
+	$(PIP) install -q -e ".[test]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/opensora demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+mlflow-ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean-runs:
+	rm -rf runs mlflow.db mlartifacts

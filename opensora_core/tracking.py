@@ -1,0 +1,104 @@
+"""MLflow conventions in one place.
+
+One parent run per pipeline run, a child run per stage: a stage joins its parent through `parent_run_id` or the
+`OPENSORA_PARENT_RUN_ID` environment variable (set by the flow for the jobs it launches). Every run is tagged
+with preset / stage / dtype / lr so that comparing fp16 with bf16 or lr 1e-4 with 2e-5 is one filter away,
+e.g. `tags.dtype = 'fp16'` in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from opensora_core.config import PROJECT_ROOT, Config
+
+PARENT_ENV = "OPENSORA_PARENT_RUN_ID"
+RUN_ENV = "OPENSORA_MLFLOW_RUN_ID"  # set to resume logging into an existing run (e.g. a retried stage)
+
+
+def resolve_uri(uri: str) -> str:
+    """Relative `sqlite:///x.db` and plain paths are taken from the project root, so every front door agrees."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{PROJECT_ROOT / uri.removeprefix('sqlite:///')}"
+    if "://" not in uri:
+        return str(PROJECT_ROOT / uri)
+    return uri
+
+
+def configure(cfg: Config):
+    """Point MLflow at the config's tracking URI and experiment; returns the mlflow module."""
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_uri(cfg.tracking.uri))
+    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+        artifacts = cfg.root.parent / "mlartifacts" if cfg.tracking.uri.startswith("sqlite") else None
+        with contextlib.suppress(Exception):  # another process may create it at the same moment
+            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri() if artifacts else None)
+    mlflow.set_experiment(cfg.tracking.experiment)
+    return mlflow
+
+
+def run_tags(cfg: Config, stage: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    lr = cfg.stages[stage].lr if stage in cfg.stages and cfg.stages[stage].lr else cfg.train.lr
+    tags = {"preset": cfg.preset, "dtype": cfg.train.dtype, "lr": f"{lr:g}", "engine": cfg.train.engine}
+    if stage:
+        tags["stage"] = stage
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+@contextlib.contextmanager
+def start_run(
+    cfg: Config,
+    run_name: str,
+    stage: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+    log_config: bool = True,
+) -> Iterator[Any]:
+    """Start (or resume, via OPENSORA_MLFLOW_RUN_ID) an MLflow run tagged for comparison; yields the active run."""
+    mlflow = configure(cfg)
+    parent = parent_run_id or os.environ.get(PARENT_ENV) or None
+    all_tags = run_tags(cfg, stage, tags)
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    resume_id = os.environ.get(RUN_ENV) or None
+    with mlflow.start_run(run_id=resume_id, run_name=None if resume_id else run_name, tags=all_tags) as run:
+        if log_config and not resume_id:
+            flat = {k: ("null" if v is None else v) for k, v in cfg.to_flat_dict().items()}
+            # MLflow caps a param value at 6000 chars and a batch at 100 params
+            items = [(k, str(v)[:500]) for k, v in flat.items()]
+            for i in range(0, len(items), 100):
+                mlflow.log_params(dict(items[i : i + 100]))
+        yield run
+
+
+def log_table(name: str, rows: list[dict[str, Any]]) -> None:
+    """Log rows as a JSON table artifact (`name`.json) to the active run, viewable in the MLflow UI."""
+    import mlflow
+
+    if not rows:
+        return
+    columns = list(rows[0])
+    table = {"columns": columns, "data": [[r.get(c) for c in columns] for r in rows]}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / (name if name.endswith(".json") else f"{name}.json")
+        path.write_text(json.dumps(table, indent=1, default=str))
+        mlflow.log_artifact(str(path))
+
+
+def run_url(run_id: str, cfg: Config, ui: str = "http://127.0.0.1:5000") -> str:
+    """Link to a run in the MLflow UI started with the README's `make mlflow-ui`."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    return f"{ui}/#/experiments/{exp.experiment_id if exp else 0}/runs/{run_id}"
