@@ -67,7 +67,7 @@ class IDDPM(GaussianDiffusion):
                 (conditioning frames).
         Returns: x0 `[B, C, T, H, W]` (no clipping: latents are unbounded).
         """
-        fn = self._guided(model, model_kwargs, y_null, self.cfg_scale if cfg_scale is None else cfg_scale)
+        fn = classifier_free_guidance(model, model_kwargs, y_null, self.cfg_scale if cfg_scale is None else cfg_scale)
 
         def step(x, t):
             p = self.p_mean_variance(fn, x, t)
@@ -87,7 +87,7 @@ class IDDPM(GaussianDiffusion):
 
         Same arguments as `sample`; the learned variance is ignored (DDIM sets its own).
         """
-        fn = self._guided(model, model_kwargs, y_null, self.cfg_scale if cfg_scale is None else cfg_scale)
+        fn = classifier_free_guidance(model, model_kwargs, y_null, self.cfg_scale if cfg_scale is None else cfg_scale)
 
         def step(x, t):
             p = self.p_mean_variance(fn, x, t)
@@ -113,29 +113,29 @@ class IDDPM(GaussianDiffusion):
             x = new if keep is None else torch.where(keep, new, x)
         return x
 
-    @staticmethod
-    def _guided(model: Callable, model_kwargs: dict | None, y_null: torch.Tensor | None, scale: float) -> Callable:
-        """A model function `(x [B], t [B]) -> [B, 2C, ...]` with classifier-free guidance folded in.
 
-        The model sees one batch of 2B: conditional first, then unconditional (Open-Sora / GLIDE style).
-        """
-        kwargs = dict(model_kwargs or {})
-        if y_null is None:
-            return lambda x, t: model(x, t, **kwargs)
+def classifier_free_guidance(model: Callable, model_kwargs: dict | None, y_null: torch.Tensor | None, scale: float) -> Callable:
+    """A model function `(x [B, C, ...], t [B]) -> [B, 2C, ...]` with classifier-free guidance folded in.
 
-        def guided(x, t):
-            B, C = x.shape[:2]
-            y = kwargs["y"]
-            null = y_null.to(device=y.device, dtype=y.dtype).expand(B, *y_null.shape[1:])
-            both = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == B else v)
-                    for k, v in kwargs.items() if k != "y"}
-            out = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **both)
-            out = out["x"] if isinstance(out, dict) else out
-            cond, uncond = out[:B], out[B:]
-            eps = uncond[:, :C] + scale * (cond[:, :C] - uncond[:, :C])
-            return torch.cat([eps, cond[:, C:]], dim=1)
+    The model sees one batch of 2B: conditional first, then unconditional (Open-Sora / GLIDE style).
+    """
+    kwargs = dict(model_kwargs or {})
+    if y_null is None:
+        return lambda x, t: model(x, t, **kwargs)
 
-        return guided
+    def guided(x, t):
+        B, C = x.shape[:2]
+        y = kwargs["y"]
+        null = y_null.to(device=y.device, dtype=y.dtype).expand(B, *y_null.shape[1:])
+        both = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == B else v)
+                for k, v in kwargs.items() if k != "y"}
+        out = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **both)
+        out = out["x"] if isinstance(out, dict) else out
+        cond, uncond = out[:B], out[B:]
+        eps = uncond[:, :C] + scale * (cond[:, :C] - uncond[:, :C])
+        return torch.cat([eps, cond[:, C:]], dim=1)
+
+    return guided
 
 
 def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
