@@ -1,0 +1,71 @@
+"""`opensora train --stage S [key=value ...]` (one stage, one process or under torchrun) and
+`opensora launch --nproc N [--nnodes M --rdzv-endpoint HOST:PORT --node-rank R] -- train --stage S ...`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+
+EXIT_NONFINITE = 3
+EXIT_TERMINATED = 143
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        overrides: list[str] = OverridesArgument,
+        stage: str = typer.Option(..., "--stage", help="stage of params.yaml, e.g. pretrain_256"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+        no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow (files only)"),
+    ) -> None:
+        """Train one stage (resumes from its latest checkpoint). Run it under torchrun / `opensora launch`
+        for several processes; exits 3 when the NaN guard aborts, 143 on SIGTERM."""
+        import logging
+        import os
+
+        cfg = load_cli_config(params, preset, overrides)
+        try:
+            cfg.stage(stage)
+        except Exception as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            sys.exit(2)
+        rank = os.environ.get("RANK", "0")
+        logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S",
+                            format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+        from opensora_core.train.loop import NonFiniteLossError, Terminated, train_stage
+
+        try:
+            summary = train_stage(cfg, stage, track=not no_track)
+        except NonFiniteLossError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            sys.exit(EXIT_NONFINITE)
+        except Terminated as e:
+            typer.secho(f"stopped: {e}; resume by running the same command", err=True)
+            sys.exit(EXIT_TERMINATED)
+        if rank == "0":
+            typer.echo(f"{stage}: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                       f"{summary['wall_time_s']:.1f}s -> {cfg.paths.ckpt_dir(stage) / 'final.json'}")
+
+    @app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def launch_cmd(
+        ctx: typer.Context,
+        nproc: int = typer.Option(1, "--nproc", help="processes per node"),
+        nnodes: int = typer.Option(1, "--nnodes"),
+        rdzv_endpoint: str = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the rendezvous (multi-node)"),
+        node_rank: int = typer.Option(None, "--node-rank"),
+    ) -> None:
+        """Run `opensora <args after -->` under torchrun with rank-prefixed output; exits with the job's status."""
+        from opensora_core.train.launcher import launch
+
+        args = [a for a in ctx.args if a != "--"]
+        if not args:
+            typer.secho("error: give the command after --, e.g. opensora launch --nproc 2 -- train --stage pretrain_256",
+                        fg=typer.colors.RED, err=True)
+            sys.exit(2)
+        rc = launch(args, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, node_rank=node_rank)
+        sys.exit(rc if rc >= 0 else 128 - rc)

@@ -1,0 +1,104 @@
+"""Launch a multi-process training job with torchrun and stream every rank's output.
+
+    from opensora_core.train.launcher import launch, train_args
+    rc = launch(train_args("pretrain_256", preset="tiny", overrides=["train.dtype=bf16"]), nproc=2,
+                line_callback=logger.info)
+
+The job is `python -m torch.distributed.run [--standalone | --nnodes/--rdzv-*] --nproc-per-node N --tee 3
+-m opensora_core.cli.main_module <args>`; torchrun's `[defaultK]:` line prefixes are rewritten to the
+global `[rank R]`. SIGTERM/SIGINT received by the caller are forwarded to torchrun (which stops its workers);
+after `grace_s` seconds the whole process group is killed. The caller's environment is passed through
+(OPENSORA_PARENT_RUN_ID joins the pipeline's MLflow run), plus `env`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_PREFIX = re.compile(r"^\[default(\d+)\]:")
+
+
+def train_args(stage: str, params: str | Path | None = None, preset: str | None = None,
+               overrides: Sequence[str] = (), track: bool = True) -> list[str]:
+    """`opensora` arguments of one training stage: ["train", "--stage", stage, ...]."""
+    args = ["train", "--stage", stage]
+    if params:
+        args += ["--params", str(params)]
+    if preset:
+        args += ["--preset", preset]
+    if not track:
+        args.append("--no-track")
+    return args + list(overrides)
+
+
+def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
+                  node_rank: int | None = None, python: str | None = None) -> list[str]:
+    """The torchrun command line running `opensora <args>` on `nproc` processes per node."""
+    cmd = [python or sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1 and not rdzv_endpoint:
+        cmd.append("--standalone")
+    else:
+        if not rdzv_endpoint:
+            raise ValueError("a multi-node job needs rdzv_endpoint HOST:PORT (the same on every node)")
+        cmd += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
+        if node_rank is not None:
+            cmd += ["--node-rank", str(node_rank)]
+    cmd += ["--nproc-per-node", str(nproc), "--tee", "3", "-m", "opensora_core.cli.main_module", *args]
+    return cmd
+
+
+def _relabel(line: str, rank_offset: int) -> str:
+    m = _PREFIX.match(line)
+    if not m:
+        return line
+    return f"[rank {rank_offset + int(m.group(1))}] " + line[m.end():]
+
+
+def launch(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
+           node_rank: int | None = None, env: dict[str, str] | None = None,
+           line_callback: Callable[[str], None] | None = None, cwd: str | Path | None = None,
+           grace_s: float = 30.0, python: str | None = None) -> int:
+    """Run the job, call `line_callback(line)` (default: print) for each output line, return its exit status.
+
+    A negative status means the job died from that signal (e.g. -9 for SIGKILL).
+    """
+    cmd = build_command(args, nproc, nnodes, rdzv_endpoint, node_rank, python)
+    callback = line_callback or (lambda line: print(line, flush=True))
+    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            env=full_env, cwd=cwd, start_new_session=True)
+    offset = (node_rank or 0) * nproc
+
+    def forward(signum, _frame):
+        callback(f"[launcher] forwarding {signal.Signals(signum).name} to the job")
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+        threading.Timer(grace_s, _kill_group, args=(proc,)).start()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            callback(_relabel(line.rstrip("\n"), offset))
+        return proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

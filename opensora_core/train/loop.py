@@ -1,0 +1,245 @@
+"""The training loop of one stage, top to bottom: `train_stage(cfg, stage)`.
+
+Run it in one process or under torchrun (every rank runs the same function). Each iteration: draw t and the
+noise, IDDPM hybrid loss under autocast, (scaled) backward, unscale + overflow check, clip to 1.0, AdamW step,
+EMA update. Every `ckpt_every` steps and at the end: a complete checkpoint (see checkpoint.py). A checkpoint in
+`cfg.paths.ckpt_dir(stage)` means resume: weights, optimizer, scaler, scheduler, sampler position and every
+rank's RNG states are restored, so the resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import signal
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from opensora_core.config import Config
+from opensora_core.train import checkpoint as ckpt
+from opensora_core.train.data import build_train_data
+from opensora_core.train.ema import EMA
+from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
+from opensora_core.train.init import build_stage_model, init_weights, latent_size
+from opensora_core.train.metrics import MetricsLog, memory_mb
+from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, autocast
+
+log = logging.getLogger("opensora.train")
+
+
+class Terminated(RuntimeError):
+    """SIGTERM/SIGINT arrived: the job stops (the last checkpoint stays the resume point)."""
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(f"received {signal.Signals(signum).name}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def stage_lr(cfg: Config, stage: str) -> float:
+    return cfg.stage(stage).lr or cfg.train.lr
+
+
+def _warmup(warmup_steps: int):
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def _scheduler_state(scheduler) -> dict:
+    return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    from opensora_core.config import PROJECT_ROOT
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@contextlib.contextmanager
+def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: dict):
+    """Rank 0's MLflow run (None elsewhere or when disabled); resumed jobs log into their previous run.
+    A run that dies is ended FAILED (KILLED for SIGTERM) with a `failure_reason` tag."""
+    if not enabled:
+        yield None
+        return
+    from opensora_core import tracking
+
+    if run_id:
+        os.environ[tracking.RUN_ENV] = run_id
+    with tracking.start_run(cfg, run_name=stage, stage=stage, tags=tags) as run:
+        import mlflow
+
+        try:
+            yield mlflow
+        except BaseException as e:
+            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:4000])
+            mlflow.end_run(status="KILLED" if isinstance(e, (Terminated, KeyboardInterrupt)) else "FAILED")
+            raise
+        finally:
+            del run
+
+
+def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None) -> dict[str, Any]:
+    """Train `stage` of `cfg` to `max_steps` (resuming if a checkpoint exists); returns the final summary
+    (also written to `cfg.paths.ckpt_dir(stage)/final.json` by rank 0).
+
+    `dataset` replaces the configured data source (tests). Raises NonFiniteLossError after
+    `train.nan_patience` consecutive NaN/inf losses, Terminated on SIGTERM/SIGINT.
+    """
+    old_handlers = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
+    env = init_distributed()
+    try:
+        return _train(cfg, stage, env, track and env.is_main, dataset)
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        destroy_distributed()
+
+
+def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]:
+    st, tc = cfg.stage(stage), cfg.train
+    out_dir = cfg.paths.ckpt_dir(stage)
+    seed_everything(cfg.seed + env.rank)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    resume_from = ckpt.read_latest(out_dir)
+    meta = ckpt.load_meta(resume_from) if resume_from else None
+    model = build_stage_model(cfg, stage)
+    init_desc = f"resume:{resume_from.name}" if resume_from else init_weights(model, cfg, stage)
+    if resume_from:
+        model.load_state_dict(ckpt.load_model_state(resume_from))
+    ema = EMA(model, tc.ema_decay)
+    if resume_from:
+        ema.load_state_dict(ckpt.load_ema_state(resume_from))
+
+    engine = make_engine(tc.engine, env)
+    sp_size = st.sp_size
+    dp_size, dp_rank = env.world_size // sp_size, env.rank // sp_size
+    train_model = engine.prepare(model)
+    if sp_size > 1:
+        from opensora_core.parallel.sequence import enable_sequence_parallel
+
+        enable_sequence_parallel(engine.unwrap(train_model), sp_size)
+    lr = stage_lr(cfg, stage)
+    optimizer = engine.make_optimizer(engine.unwrap(train_model), lr, tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(tc.warmup_steps))
+    scaler = LossScaler(tc.dtype == "fp16", tc.initial_loss_scale)
+    guard = NaNGuard(tc.nan_patience)
+
+    from opensora_core.diffusion import IDDPM
+
+    diffusion = IDDPM(timestep_respacing="")
+    data = build_train_data(cfg, stage, env.rank, dp_size, dp_rank, env.device, dataset)
+
+    step, epoch = 0, 0
+    if resume_from:
+        step, epoch = meta.step, meta.epoch
+        optimizer.load_state_dict(ckpt.load_optimizer_state(resume_from))
+        scheduler.load_state_dict({**meta.scheduler, "lr_lambdas": [None]})
+        scaler.load_state_dict(meta.scaler)
+        guard.load_state_dict(meta.nan_guard)
+        data.sampler.load_state_dict(meta.sampler)
+        rng = ckpt.load_rng_state(resume_from, env.rank)
+        if rng is not None and meta.world_size == env.world_size:
+            ckpt.set_rng_state(rng)
+        else:
+            log.warning("world size changed (%s -> %s): RNG streams restart from the seed", meta.world_size,
+                        env.world_size)
+            seed_everything(cfg.seed + env.rank + step)
+    else:
+        data.sampler.set_epoch(0)
+
+    model_ref = engine.unwrap(train_model)
+    tokens_per_sample = model_ref.num_tokens(latent_size(cfg, stage)) if hasattr(model_ref, "num_tokens") else 0
+    global_batch = st.batch_size * dp_size
+    tags = {"engine": tc.engine, "git_commit": _git_commit(), "checkpoint_dir": str(out_dir), "init": init_desc,
+            "world_size": env.world_size, "sp_size": sp_size}
+    if env.is_main:
+        log.info("stage %s: %s, %d params, %d ranks (sp %d), batch %d/rank, lr %g, %s, steps %d -> %d",
+                 stage, init_desc, sum(p.numel() for p in model.parameters()), env.world_size, sp_size,
+                 st.batch_size, lr, tc.dtype, step, st.max_steps)
+
+    def save(step_now: int, run_id: str | None) -> None:
+        state = ckpt.TrainState(
+            step=step_now, epoch=epoch, sampler=data.sampler.state_dict(), scaler=scaler.state_dict(),
+            scheduler=_scheduler_state(scheduler), nan_guard=guard.state_dict(), mlflow_run_id=run_id,
+            config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc})
+        path = ckpt.save_checkpoint(out_dir, state, model_ref.state_dict(), ema.state_dict(),
+                                    optimizer.state_dict() if env.is_main else None, tc.keep_last)
+        if env.is_main:
+            log.info("saved checkpoint %s", path)
+
+    with _tracking(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as mlflow:
+        run_id = mlflow.active_run().info.run_id if mlflow else (meta.mlflow_run_id if meta else None)
+        metrics = MetricsLog(out_dir, mlflow, resume_step=step) if env.is_main else None
+        t_start, last_loss = time.perf_counter(), float("nan")
+        train_model.train()
+        while step < st.max_steps:
+            for batch in data.loader:
+                t0 = time.perf_counter()
+                x, y, mask = data.batch_inputs(batch)
+                t = diffusion.sample_timesteps(x.shape[0], env.device)
+                with autocast(tc.dtype, env.device):
+                    loss = diffusion.training_losses(train_model, x, t, model_kwargs={"y": y, "mask": mask})["loss"].mean()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                grad_norm = float("nan")
+                if guard.check(loss, step):
+                    scaler.scale(loss).backward()
+                    params = [p for p in model_ref.parameters() if p.requires_grad]
+                    ok = scaler.unscale_and_check(params)
+                    if ok:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
+                        optimizer.step()
+                        ema.update(model_ref)
+                    scaler.update(ok)
+                    last_loss = float(loss.detach())
+                scheduler.step()
+                dt = time.perf_counter() - t0
+                if env.is_main and (step % tc.log_every == 0 or step == st.max_steps or step == 1):
+                    row = {"step": step, "epoch": epoch, "loss": float(loss.detach()),
+                           "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                           "loss_scale": scaler.scale_value, "skipped_steps": scaler.skipped_steps,
+                           "samples_per_s": global_batch / dt, "tokens_per_s": global_batch * tokens_per_sample / dt,
+                           "step_time": dt, "memory_mb": memory_mb(env.device)}
+                    metrics.log(row)
+                    log.info("step %d/%d loss %.4f lr %.2e grad %.3f scale %g skipped %d %.1f samples/s",
+                             step, st.max_steps, row["loss"], row["lr"], grad_norm, scaler.scale_value,
+                             scaler.skipped_steps, row["samples_per_s"])
+                if step % tc.ckpt_every == 0 or step == st.max_steps:
+                    save(step, run_id)
+                if step >= st.max_steps:
+                    break
+            else:  # the epoch ran out: next epoch, new shuffle
+                epoch += 1
+                data.sampler.set_epoch(epoch)
+        wall = time.perf_counter() - t_start
+        summary = {"stage": stage, "final_loss": last_loss, "steps": step, "epoch": epoch,
+                   "skipped_steps": scaler.skipped_steps, "nonfinite_losses": guard.total, "wall_time_s": wall,
+                   "world_size": env.world_size, "checkpoint": str(ckpt.read_latest(out_dir)),
+                   "mlflow_run_id": run_id}
+        if env.is_main:
+            metrics.write_final(summary)
+            if mlflow:
+                mlflow.log_metrics({"final_loss": last_loss if math.isfinite(last_loss) else -1.0,
+                                    "wall_time_s": wall}, step=step)
+    return summary
+
+
+__all__ = ["train_stage", "Terminated", "NonFiniteLossError", "seed_everything"]
