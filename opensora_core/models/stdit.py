@@ -1,0 +1,79 @@
+"""STDiT: Open-Sora 1.0's spatial-temporal diffusion transformer (our implementation of the same function).
+
+Block (x [B, T*S, D] tokens, t_mlp [B, 6D], y [B, N, D] caption tokens, mask [B, N]):
+
+    shift1, scale1, gate1, shift2, scale2, gate2 = scale_shift_table[6, D] + t_mlp.view(B, 6, D)
+    x = x + gate1 * SpatialAttn(t2i_modulate(LayerNorm(x), shift1, scale1))    # over S tokens, per frame
+    x = x + gate1 * TemporalAttn(x + tpe)           # over T frames, per location; un-normalised input,
+                                                    # tpe = pos_embed_temporal in block 0 only
+    x = x + CrossAttn(x, y, mask)                   # no norm, no gate (PixArt)
+    x = x + gate2 * MLP(t2i_modulate(LayerNorm(x), shift2, scale2))
+
+(the temporal branch reuses the spatial gate: that is how Open-Sora 1.0 is built, and the released
+weights were trained with it). LayerNorms have no affine parameters, eps 1e-6; MLP uses GELU(tanh).
+The rest of the model (embedders, position embeddings, final layer) is in ``opensora_core.models.base``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from opensora_core.models.base import VideoDiffusionTransformer
+from opensora_core.models.layers import CrossAttention, DropPath, Mlp, SelfAttention, t2i_modulate
+
+
+class STDiTBlock(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.attn = SelfAttention(hidden_size, num_heads)
+        self.cross_attn = CrossAttention(hidden_size, num_heads)
+        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        self.attn_temp = SelfAttention(hidden_size, num_heads)
+
+    def forward(self, x, y, t_mlp, mask=None, tpe=None, grid=None):
+        """x [B, T*S, D], y [B, N, D], t_mlp [B, 6D], mask [B, N] or None, tpe [1, T, D] or None,
+        grid = (T, S) -> [B, T*S, D]."""
+        b, n, d = x.shape
+        t_len, s_len = grid
+        mods = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, d)).chunk(6, dim=1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [B, 1, D]
+
+        # spatial: the S tokens of each frame
+        h = t2i_modulate(self.norm1(x), shift_msa, scale_msa).reshape(b * t_len, s_len, d)
+        h = self.attn(h).reshape(b, n, d)
+        x = x + self.drop_path(gate_msa * h)
+
+        # temporal: the T frames of each spatial location
+        h = x.reshape(b, t_len, s_len, d).transpose(1, 2).reshape(b * s_len, t_len, d)
+        if tpe is not None:
+            h = h + tpe
+        h = self.attn_temp(h).reshape(b, s_len, t_len, d).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop_path(gate_msa * h)
+
+        x = x + self.cross_attn(x, y, mask)
+        h = self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x + self.drop_path(gate_mlp * h)
+
+
+class STDiT(VideoDiffusionTransformer):
+    """Open-Sora 1.0 STDiT. Constructor arguments as Open-Sora's (input_size is the latent (T, H, W)).
+
+    forward(x [B, C, T, H, W], timestep [B], y [B, 1, N, Cc], mask [B, N] | None) -> [B, 2C, T, H, W].
+    """
+
+    def _make_block(self, index: int, drop_path: float) -> nn.Module:
+        return STDiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, drop_path)
+
+    def _run_block(self, block, x, y, t_mlp, mask, tpe, grid):
+        return block(x, y, t_mlp, mask, tpe, grid)
+
+    def _attention_flops(self, t_tokens: int, s_tokens: int) -> int:
+        d = self.hidden_size
+        spatial = 4 * t_tokens * s_tokens * s_tokens * d
+        temporal = 4 * s_tokens * t_tokens * t_tokens * d + 2 * 4 * t_tokens * s_tokens * d * d  # + its projections
+        return spatial + temporal

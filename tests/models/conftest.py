@@ -1,0 +1,17 @@
+import pytest
+import torch
+
+from models_testkit import TINY, randomize
+from opensora_core.models import build_model
+
+
+@pytest.fixture
+def tiny_model():
+    def make(name="STDiT-tiny", seed=0, randomized=True, **overrides):
+        torch.manual_seed(seed)
+        kwargs = dict(TINY, input_size=(3, 4, 6))
+        kwargs.update(overrides)
+        model = build_model(name, **kwargs)
+        return (randomize(model, seed) if randomized else model).eval()
+
+    return make
