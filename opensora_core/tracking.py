@@ -19,6 +19,7 @@ from typing import Any
 from opensora_core.config import PROJECT_ROOT, Config
 
 PARENT_ENV = "OPENSORA_PARENT_RUN_ID"
+TAGS_ENV = "OPENSORA_RUN_TAGS"  # JSON object of extra tags for every run of a job (e.g. {"comparison": "precision"})
 RUN_ENV = "OPENSORA_MLFLOW_RUN_ID"  # set to resume logging into an existing run (e.g. a retried stage)
 
 
@@ -68,7 +69,8 @@ def start_run(
     """Start (or resume, via OPENSORA_MLFLOW_RUN_ID) an MLflow run tagged for comparison; yields the active run."""
     mlflow = configure(cfg)
     parent = parent_run_id or os.environ.get(PARENT_ENV) or None
-    all_tags = run_tags(cfg, stage, tags)
+    env_tags = json.loads(os.environ.get(TAGS_ENV) or "{}")
+    all_tags = run_tags(cfg, stage, {**env_tags, **(tags or {})})
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     resume_id = os.environ.get(RUN_ENV) or None

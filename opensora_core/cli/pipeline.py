@@ -1,0 +1,197 @@
+"""`opensora demo` (the main job) and `opensora pipeline ...`: stages, the Prefect flows, serving, status.
+
+    opensora demo [--force]                       whole tiny pipeline through the Prefect flow, then where to look
+    opensora pipeline run [--stage S ...] [--dtype bf16] [--lr 2e-5] [--processes 2] [key=value ...]
+    opensora pipeline stage <id> [--force] [key=value ...]     one stage (what dvc.yaml runs)
+    opensora pipeline status                      which stages are up to date
+    opensora pipeline compare precision|lr --stage pretrain_256
+    opensora pipeline server                      local Prefect server on 127.0.0.1 (SQLite under .prefect/)
+    opensora pipeline serve                       serve the deployments (progressive-training/tiny, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+
+pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deployments.", no_args_is_help=True)
+
+
+def _params(params: Path | None, preset: str | None, overrides: list[str] | None):
+    from opensora_core.stages import Params
+
+    load_cli_config(params, preset, overrides)  # validate first: exit code 2 with the field named
+    return Params(str(params) if params else None, preset, tuple(overrides or []))
+
+
+def _quiet_prefect() -> None:
+    import logging
+    import os
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@pipeline_app.command("stage")
+def stage_cmd(
+    stage_id: str = typer.Argument(..., help="prepare | caption | encoders | cache@<stage> | train@<stage> | evaluate"),
+    overrides: list[str] = OverridesArgument,
+    force: bool = typer.Option(False, "--force", help="rerun even if up to date (an unfinished job still resumes)"),
+    no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+    params: Path = ParamsOption,
+    preset: str = PresetOption,
+) -> None:
+    """Run one stage (idempotent: skips when up to date). dvc.yaml's stages call this."""
+    from opensora_core.stages import run_stage
+
+    p = _params(params, preset, overrides)
+    try:
+        result = run_stage(stage_id, p, force=force, track=not no_track)
+    except (ValueError, FileNotFoundError) as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except RuntimeError as e:
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    typer.echo(json.dumps({k: result.to_dict()[k] for k in ("stage", "ran", "seconds", "metrics")}))
+
+
+@pipeline_app.command("status")
+def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOption, preset: str = PresetOption) -> None:
+    """Each stage: up to date or not (from the stage records; `dvc status` says the same for DVC runs)."""
+    from opensora_core import stages
+
+    cfg = load_cli_config(params, preset, overrides)
+    for sid in stages.stage_ids(cfg):
+        rec = stages.read_record(cfg, sid) or {}
+        state = "up to date" if stages.is_up_to_date(cfg, sid) else (rec.get("status") or "never run")
+        if state == "done":
+            state = "outdated"
+        typer.echo(f"{sid:24s} {state:12s} {rec.get('seconds', '')}")
+
+
+def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
+    """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
+    _quiet_prefect()
+    from flows.progressive_training import progressive_training
+
+    return progressive_training(
+        preset=params.preset, overrides=list(params.overrides), stages_to_run=stage_list or None, force=force,
+        train_retries=train_retries, use_dvc=use_dvc, params_path=params.path, nodes=nodes,
+    )
+
+
+@pipeline_app.command("run")
+def run_cmd(
+    overrides: list[str] = OverridesArgument,
+    stage: list[str] = typer.Option(None, "--stage", help="stage(s) to run (repeat); default: all"),
+    dtype: str = typer.Option(None, "--dtype", help="fp32 | bf16 | fp16"),
+    lr: float = typer.Option(None, "--lr"),
+    processes: int = typer.Option(None, "--processes", help="ranks per training job"),
+    nodes: int = typer.Option(1, "--nodes", help="nodes per training job"),
+    force: bool = typer.Option(False, "--force", help="rerun stages that are up to date"),
+    retries: int = typer.Option(1, "--retries", help="retries per training task (resume from checkpoint)"),
+    dvc: bool = typer.Option(None, "--dvc/--no-dvc", help="record stages through dvc repro (default: when possible)"),
+    params: Path = ParamsOption,
+    preset: str = PresetOption,
+) -> None:
+    """Run the progressive-training Prefect flow locally."""
+    extra = [f"train.dtype={dtype}"] * bool(dtype) + [f"train.lr={lr}"] * bool(lr) + [f"train.processes={processes}"] * bool(processes)
+    p = _params(params, preset, list(overrides or []) + extra)
+    rows = run_flow(p, stage, force, retries, dvc, nodes)
+    _print_rows(rows)
+
+
+@pipeline_app.command("compare")
+def compare_cmd(
+    what: str = typer.Argument(..., help="precision (fp16 vs bf16) | lr (1e-4 vs 2e-5)"),
+    overrides: list[str] = OverridesArgument,
+    stage: str = typer.Option("pretrain_256", "--stage"),
+    steps: int = typer.Option(None, "--steps", help="max_steps of each run (default: the stage's)"),
+    params: Path = ParamsOption,
+    preset: str = PresetOption,
+) -> None:
+    """Train one stage twice from the same seed (fp16 vs bf16, or lr 1e-4 vs 2e-5), grouped in MLflow."""
+    _quiet_prefect()
+    from flows.comparison import lr_comparison, precision_comparison
+
+    p = _params(params, preset, overrides)
+    fn = {"precision": precision_comparison, "lr": lr_comparison}.get(what)
+    if fn is None:
+        typer.secho("error: compare precision | lr", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    rows = fn(stage=stage, steps=steps, preset=p.preset, overrides=list(p.overrides), params_path=p.path)
+    _print_rows(rows)
+
+
+@pipeline_app.command("server")
+def server_cmd(port: int = typer.Option(4200, "--port")) -> None:
+    """Start a local Prefect server on 127.0.0.1 (state: SQLite under .prefect/). Then `make serve`."""
+    import os
+
+    import flows  # noqa: F401  project-local PREFECT_HOME
+
+    exe = str(Path(sys.executable).parent / "prefect")
+    typer.echo(f"Prefect server on http://127.0.0.1:{port} (PREFECT_HOME={os.environ['PREFECT_HOME']})")
+    os.execv(exe, [exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+
+
+@pipeline_app.command("serve")
+def serve_cmd(
+    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+    name: str = typer.Option("tiny", "--name", help="deployment name: progressive-training/<name>"),
+) -> None:
+    """Serve the flows as deployments against a Prefect server; then `prefect deployment run progressive-training/tiny`."""
+    import os
+
+    os.environ["PREFECT_API_URL"] = api_url
+    _quiet_prefect()
+    from flows.serve import serve_all
+
+    serve_all(name)
+
+
+def _print_rows(rows) -> None:
+    for r in rows or []:
+        m = r.get("metrics") or {}
+        loss = m.get("final_loss")
+        typer.echo(f"  {r['stage']:24s} {'ran' if r.get('ran') else 'up to date':10s} {r.get('seconds', 0):7.1f} s"
+                   + (f"  final loss {loss:.4f}" if loss is not None else ""))
+
+
+def demo_cmd(
+    force: bool = typer.Option(False, "--force", help="rerun every stage even if up to date"),
+    params: Path = ParamsOption,
+    preset: str = PresetOption,
+    overrides: list[str] = OverridesArgument,
+) -> None:
+    """The main job: the whole tiny pipeline on CPU through the Prefect flow, then where to look."""
+    from opensora_core import stages
+
+    t0 = time.time()
+    p = _params(params, preset, overrides)
+    cfg = p.load()
+    typer.secho(f"opensora demo: preset {cfg.preset}, {len(stages.stage_ids(cfg))} stages, run dir {cfg.root}", bold=True)
+    rows = run_flow(p, None, force, 1, None)
+    wall = time.time() - t0
+    _print_rows(rows)
+    stage_s = sum(r.get("seconds", 0) for r in rows)
+    samples = sorted(cfg.paths.eval_dir.rglob("*.mp4"))[:4] if cfg.paths.eval_dir.exists() else []
+    typer.secho(f"\ndone in {wall:.0f} s ({stage_s:.0f} s in stage subprocesses). Where to look:", bold=True)
+    typer.echo("  MLflow UI:       make mlflow-ui   ->  http://127.0.0.1:5000  (parent run 'progressive-training-...')")
+    typer.echo(f"  metrics:         .venv/bin/dvc metrics show   ({cfg.paths.metrics})")
+    typer.echo(f"  sample videos:   {cfg.paths.eval_dir}" + "".join(f"\n                   {s}" for s in samples))
+    typer.echo(f"  loss curves:     .venv/bin/dvc plots show   ({cfg.paths.ckpt_dir('*')}/train_log.csv)")
+    typer.echo("  Prefect runs:    .venv/bin/opensora pipeline server  (UI at http://127.0.0.1:4200)")
+    typer.echo("  rerun:           make demo (reuses what is up to date; --force retrains)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(pipeline_app, name="pipeline")
+    app.command("demo")(demo_cmd)
