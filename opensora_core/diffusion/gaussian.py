@@ -55,9 +55,10 @@ class GaussianDiffusion:
         self.sqrt_recipm1_alphas_cumprod = (1.0 / ab - 1.0).sqrt()
         # q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_t (1 - ab_{t-1}) / (1 - ab_t))
         self.posterior_variance = betas * (1.0 - ab_prev) / (1.0 - ab)
-        # The posterior variance is 0 at t=0; its log is clipped to the t=1 value (as improved-diffusion).
+        # The posterior variance is 0 at t=0; its log is clipped to the t=1 value (as improved-diffusion),
+        # or to log beta_0 for a one-step process, which has no t=1.
         pv = self.posterior_variance
-        self.posterior_log_variance_clipped = torch.log(torch.cat([pv[1:2], pv[1:]])) if len(pv) > 1 else pv.log()
+        self.posterior_log_variance_clipped = torch.log(torch.cat([pv[1:2], pv[1:]])) if len(pv) > 1 else betas.log()
         self.posterior_mean_coef1 = betas * ab_prev.sqrt() / (1.0 - ab)
         self.posterior_mean_coef2 = (1.0 - ab_prev) * (1.0 - betas).sqrt() / (1.0 - ab)
 
@@ -97,10 +98,14 @@ class GaussianDiffusion:
                 self._at(self.posterior_log_variance_clipped, t, x_t))
 
     def predict_xstart_from_eps(self, x_t, t, eps):
-        return self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+        """x_0 = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t), `[B, ...]`."""
+        a, b = self._at(self.sqrt_recip_alphas_cumprod, t, x_t), self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return a * x_t - b * eps
 
     def predict_eps_from_xstart(self, x_t, t, x_start):
-        return (self._at(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x_start) / self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        """The inverse of `predict_xstart_from_eps`."""
+        a, b = self._at(self.sqrt_recip_alphas_cumprod, t, x_t), self._at(self.sqrt_recipm1_alphas_cumprod, t, x_t)
+        return (a * x_t - x_start) / b
 
     # ---- reverse process -----------------------------------------------------------------------
     def p_mean_variance(self, model: Callable, x: torch.Tensor, t: torch.Tensor, model_kwargs: dict | None = None,

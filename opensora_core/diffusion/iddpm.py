@@ -59,7 +59,8 @@ class IDDPM(GaussianDiffusion):
             z: initial noise `[B, C, T, H, W]` (x at the last step).
             model_kwargs: e.g. {"y": [B, 1, N, Cc], "mask": [B, N]}; tensors with batch dim B are given to
                 the model for both halves of the guided batch, "y" paired with `y_null`.
-            y_null: null caption `[B or 1, 1, N, Cc]`; None samples the conditional model without guidance.
+            y_null: null caption `[B or 1, 1, N, Cc]` (or the model's `[N, Cc]` embedding); None samples
+                the conditional model without guidance.
             cfg_scale: eps = uncond + cfg_scale * (cond - uncond) on the first C channels; the variance
                 channels come from the conditional half. None uses the scale given at construction.
             generator: draws the per-step noise, so a seeded generator makes sampling reproducible.
@@ -114,7 +115,8 @@ class IDDPM(GaussianDiffusion):
         return x
 
 
-def classifier_free_guidance(model: Callable, model_kwargs: dict | None, y_null: torch.Tensor | None, scale: float) -> Callable:
+def classifier_free_guidance(model: Callable, model_kwargs: dict | None, y_null: torch.Tensor | None,
+                             scale: float) -> Callable:
     """A model function `(x [B, C, ...], t [B]) -> [B, 2C, ...]` with classifier-free guidance folded in.
 
     The model sees one batch of 2B: conditional first, then unconditional (Open-Sora / GLIDE style).
@@ -126,7 +128,8 @@ def classifier_free_guidance(model: Callable, model_kwargs: dict | None, y_null:
     def guided(x, t):
         B, C = x.shape[:2]
         y = kwargs["y"]
-        null = y_null.to(device=y.device, dtype=y.dtype).expand(B, *y_null.shape[1:])
+        null = y_null if y_null.ndim == y.ndim else y_null.view(1, 1, *y_null.shape)  # [N, Cc] -> [1, 1, N, Cc]
+        null = null.to(device=y.device, dtype=y.dtype).expand(B, *null.shape[1:])
         both = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == B else v)
                 for k, v in kwargs.items() if k != "y"}
         out = model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]), **both)

@@ -184,3 +184,16 @@ def test_frame_mask_keeps_conditioning_frames_clean_and_out_of_the_loss():
     losses = D.training_losses(model, x0, torch.tensor([900, 900]), noise=noise, mask=mask)
     assert torch.equal(seen["x"][0, :, 1], x0[0, :, 1]) and torch.equal(seen["x"][1, :, 0], x0[1, :, 0])
     assert losses["mse"][0] == 0 and losses["mse"][1] == pytest.approx(50.0)  # 100 on 1 of 2 frames
+
+
+def test_bf16_latents_and_model_give_float32_losses_and_a_bf16_model_input():
+    x0 = torch.randn(2, 4, 2, 3, 3).bfloat16()
+    seen = {}
+
+    def model(x, t):
+        seen["dtype"] = x.dtype
+        return {"x": torch.zeros(2, 8, 2, 3, 3, dtype=torch.bfloat16)}  # dict outputs are unwrapped
+
+    losses = D.training_losses(model, x0, torch.tensor([0, 999]))
+    assert seen["dtype"] == torch.bfloat16
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in losses.values())

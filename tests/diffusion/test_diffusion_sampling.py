@@ -163,3 +163,15 @@ def test_frame_mask_keeps_conditioning_frames_from_the_initial_latents():
 def test_sampler_with_progress_bar_returns_latents_of_the_input_shape():
     x0 = IDDPM(num_sampling_steps=5).sample(OracleDenoiser(), noise(), caption(0.0, 1.0), progress=True)
     assert x0.shape == SHAPE and x0.dtype == torch.float32 and torch.isfinite(x0).all()
+
+
+def test_null_caption_may_be_the_models_raw_embedding():
+    y_null = torch.zeros(3, 2)  # STDiT.y_embedder.y_embedding is [N, Cc]
+    x0 = IDDPM(timestep_respacing="50").sample(OracleDenoiser(), noise(), caption(0.25, -0.5), y_null=y_null,
+                                               cfg_scale=4.0, progress=False)
+    assert torch.allclose(x0[0], torch.full_like(x0[0], 1.0), atol=1e-4)
+
+
+def test_one_step_sampler_is_finite():
+    x0 = IDDPM(num_sampling_steps=1).sample(OracleDenoiser(std=0.5), noise(), caption(0.0, 1.0), progress=False)
+    assert torch.isfinite(x0).all()
