@@ -15,3 +15,12 @@ def tiny_model():
         return (randomize(model, seed) if randomized else model).eval()
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; the 2 shared cores are oversubscribed by other test runs."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
