@@ -1,0 +1,198 @@
+"""Training data from a manifest: PyAV decoding, frame-stride temporal sampling, resize + centre crop; and a
+distributed sampler that resumes exactly where a killed job stopped."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from opensora_core.data.manifest import is_remote, read_manifest, validate_manifest
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def open_binary(path: str):
+    """A local path as is; an s3:// (or other fsspec) URL as a file object (credentials from the AWS environment)."""
+    if is_remote(path):
+        import fsspec
+
+        return fsspec.open(path, "rb").open()
+    return path
+
+
+def decode_frames(path: str, start: float | None = None, end: float | None = None, max_frames: int | None = None) -> np.ndarray:
+    """Decode RGB frames uint8 [N, H, W, 3] of a file, or of its [start, end) seconds range (seek, then drop the
+    frames before start), stopping after `max_frames` frames."""
+    import av
+
+    frames: list[np.ndarray] = []
+    with av.open(open_binary(path)) as container:
+        stream = container.streams.video[0]
+        tb = float(stream.time_base) if stream.time_base else 1.0
+        if start:
+            container.seek(int(start / tb), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            t = frame.pts * tb if frame.pts is not None else None
+            if start is not None and t is not None and t < start - 1e-3:
+                continue  # decoded from the keyframe before start
+            if end is not None and t is not None and t >= end - 1e-3:
+                break
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames and len(frames) >= max_frames:
+                break
+    if not frames:
+        raise ValueError(f"no frames decoded from {path}" + (f" in [{start}, {end})" if start is not None else ""))
+    return np.stack(frames)
+
+
+def temporal_indices(num_available: int, num_frames: int, frame_interval: int, start: int = 0) -> list[int]:
+    """Frame indices start, start+interval, ... (num_frames of them); a clip too short repeats its last frame."""
+    return [min(start + i * frame_interval, num_available - 1) for i in range(num_frames)]
+
+
+def resize_center_crop(frames, image_size: int):
+    """uint8 [T, H, W, 3] (numpy) -> float [3, T, S, S] in [-1, 1]: short side to S (area when shrinking, bilinear
+    with antialias when growing), then a centre crop."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [T, 3, H, W]
+    H, W = x.shape[-2:]
+    scale = image_size / min(H, W)
+    size = (max(image_size, round(H * scale)), max(image_size, round(W * scale)))
+    if scale < 1:
+        x = F.interpolate(x, size=size, mode="area")
+    elif size != (H, W):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    top, left = (size[0] - image_size) // 2, (size[1] - image_size) // 2
+    x = x[:, :, top:top + image_size, left:left + image_size]
+    return (x / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
+
+
+class VideoDataset:
+    """Clips of a manifest as tensors. item -> {"video": [3, T, S, S] in [-1, 1], "text": str, "index": int}.
+
+    Args:
+        manifest: a manifest path or a validated DataFrame (local clip paths absolute).
+        num_frames, frame_interval: T frames taken every `frame_interval` source frames.
+        image_size: output side S (short side resized, centre crop).
+        split: keep only rows of this split (when the manifest has a split column); None keeps all.
+        seed: None -> the temporal window starts at frame 0 (deterministic: caching, evaluation); an int -> a random
+            start drawn from (seed, epoch, index), so a resumed run sees the same windows again.
+    Image rows (png/jpg) are repeated to T frames. A clip that fails to decode is skipped with a warning (counted
+    in `num_errors`) and the next clip is returned instead, so a bad file never ends an epoch.
+    """
+
+    def __init__(self, manifest: str | Path | pd.DataFrame, num_frames: int, frame_interval: int, image_size: int,
+                 split: str | None = "train", seed: int | None = None):
+        df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+        if isinstance(manifest, pd.DataFrame):
+            df = validate_manifest(df)
+        if split is not None and "split" in df.columns:
+            df = df[df["split"] == split]
+        self.df = df.reset_index(drop=False).rename(columns={"index": "row"})
+        self.num_frames, self.frame_interval, self.image_size = num_frames, frame_interval, image_size
+        self.seed, self.epoch, self.num_errors = seed, 0, 0
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _window_start(self, num_available: int, index: int) -> int:
+        span = (self.num_frames - 1) * self.frame_interval + 1
+        if self.seed is None or num_available <= span:
+            return 0
+        return int(np.random.default_rng([self.seed, self.epoch, index]).integers(0, num_available - span + 1))
+
+    def load(self, index: int) -> dict:
+        """Decode one clip without error handling (raises on a bad file)."""
+        row = self.df.iloc[index]
+        if str(row["path"]).lower().endswith(IMAGE_SUFFIXES):
+            from PIL import Image
+
+            with Image.open(open_binary(row["path"])) as im:
+                frames = np.repeat(np.asarray(im.convert("RGB"))[None], self.num_frames, axis=0)
+        else:
+            start = float(row["start"]) if "start" in row and pd.notna(row.get("start")) else None
+            end = float(row["end"]) if "end" in row and pd.notna(row.get("end")) else None
+            frames = decode_frames(row["path"], start, end)
+            frames = frames[temporal_indices(len(frames), self.num_frames, self.frame_interval, self._window_start(len(frames), index))]
+        return {"video": resize_center_crop(frames, self.image_size), "text": str(row["text"]), "index": int(row["row"])}
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(min(len(self), 20)):
+            i = (index + attempt) % len(self)
+            try:
+                return self.load(i)
+            except Exception as e:  # noqa: BLE001 - any decoder failure: skip the clip, keep training
+                self.num_errors += 1
+                log.warning("skipping unreadable clip %s (%s: %s); %d skipped so far", self.df.iloc[i]["path"],
+                            type(e).__name__, e, self.num_errors)
+        raise RuntimeError(f"20 consecutive clips failed to decode from index {index}; is the data readable?")
+
+
+class ResumableDistributedSampler:
+    """Shards a dataset over ranks and resumes mid-epoch.
+
+    Each epoch every rank gets ceil(N / replicas) indices of a (seeded, epoch-dependent) permutation, padded by
+    wrapping. `state_dict()` holds the epoch and this rank's position (samples already consumed); after
+    `load_state_dict()` iteration continues with exactly the next samples. The position counts indices handed
+    out; with DataLoader workers prefetching ahead, pass the true count: `state_dict(consumed=steps * batch_size)`.
+    """
+
+    def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True, seed: int = 0):
+        if num_replicas is None or rank is None:
+            import torch.distributed as dist
+
+            ready = dist.is_available() and dist.is_initialized()
+            num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if ready else 1)
+            rank = rank if rank is not None else (dist.get_rank() if ready else 0)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.n, self.num_replicas, self.rank, self.shuffle, self.seed = len(dataset), num_replicas, rank, shuffle, seed
+        self.num_samples = math.ceil(self.n / num_replicas)
+        self.epoch, self.position = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the current epoch (the whole epoch, from position 0)."""
+        import torch
+
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = self.num_samples * self.num_replicas
+        order = (order * math.ceil(total / max(1, self.n)))[:total]
+        return order[self.rank::self.num_replicas]
+
+    def __iter__(self):
+        indices = self.epoch_indices()
+        while self.position < len(indices):
+            i = indices[self.position]
+            self.position += 1
+            yield i
+
+    def __len__(self) -> int:
+        return self.num_samples - self.position
+
+    def state_dict(self, consumed: int | None = None) -> dict:
+        return {"epoch": self.epoch, "position": self.position if consumed is None else int(consumed), "seed": self.seed,
+                "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("num_replicas", self.num_replicas) != self.num_replicas:
+            log.warning("resuming with %d ranks instead of %d: the rest of this epoch is re-sharded",
+                        self.num_replicas, state["num_replicas"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
