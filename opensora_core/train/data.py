@@ -78,7 +78,10 @@ def build_train_data(cfg: Config, stage: str, rank: int, dp_size: int, dp_rank: 
                                           seed=cfg.seed, drop_last=True)
     loader = DataLoader(dataset, batch_size=st.batch_size, sampler=sampler, num_workers=cfg.train.num_workers,
                         drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        persistent_workers=False,
+                        # its own generator: each new iterator draws a base seed, which must not consume the
+                        # global RNG (a resumed run creates a different number of iterators)
+                        generator=torch.Generator().manual_seed(cfg.seed + rank))
     vae = text_encoder = None
     if not cfg.train.use_latent_cache:
         from opensora_core.encoders import build_text_encoder, build_vae

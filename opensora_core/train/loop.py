@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -80,9 +81,17 @@ def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: 
         return
     from opensora_core import tracking
 
+    previous = os.environ.pop(tracking.RUN_ENV, None)
+    run_id = run_id or previous  # the checkpoint's run first, else one the caller asked to join
     if run_id:
         os.environ[tracking.RUN_ENV] = run_id
-    with tracking.start_run(cfg, run_name=stage, stage=stage, tags=tags) as run:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(tracking.start_run(cfg, run_name=stage, stage=stage, tags=tags))
+        finally:  # the variable only tells start_run which run to join: do not leak it to later calls
+            os.environ.pop(tracking.RUN_ENV, None)
+            if previous is not None:
+                os.environ[tracking.RUN_ENV] = previous
         import mlflow
 
         try:
@@ -91,8 +100,6 @@ def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: 
             mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:4000])
             mlflow.end_run(status="KILLED" if isinstance(e, (Terminated, KeyboardInterrupt)) else "FAILED")
             raise
-        finally:
-            del run
 
 
 def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None) -> dict[str, Any]:
@@ -210,7 +217,9 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                         ema.update(model_ref)
                     scaler.update(ok)
                     last_loss = float(loss.detach())
-                scheduler.step()
+                with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
+                    warnings.simplefilter("ignore", UserWarning)
+                    scheduler.step()
                 dt = time.perf_counter() - t0
                 if env.is_main and (step % tc.log_every == 0 or step == st.max_steps or step == 1):
                     row = {"step": step, "epoch": epoch, "loss": float(loss.detach()),
