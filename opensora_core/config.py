@@ -132,6 +132,7 @@ class EvalConfig(_Strict):
     num_prompts: int = Field(8, gt=0)
     seed: int = 1234
     prompts: str | None = None
+    batch_size: int = Field(16, gt=0, description="prompts sampled together (CFG doubles the model batch)")
 
 
 class TrackingConfig(_Strict):

@@ -1,2 +1,20 @@
 """Evaluation: metrics read back from pixels (metrics), held-out diffusion loss (heldout), sampling (sample),
-the evaluate stage (evaluate) and the comparison report (report)."""
+held-out prompts (prompts), the evaluate stage (evaluation) and the comparison report (report)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def evaluate(cfg, **kwargs: Any) -> dict[str, float]:
+    """The evaluate stage (see `opensora_core.eval.evaluation.evaluate`); imported lazily, it pulls in torch."""
+    from opensora_core.eval.evaluation import evaluate as _evaluate
+
+    return _evaluate(cfg, **kwargs)
+
+
+def report(cfg, **kwargs: Any):
+    """The comparison report (see `opensora_core.eval.report.build_report`)."""
+    from opensora_core.eval.report import build_report
+
+    return build_report(cfg, **kwargs)
