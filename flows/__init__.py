@@ -22,6 +22,8 @@ def configure_prefect_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
         "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        # the temporary server starts slowly on 2 busy cores (database migrations); the default 20 s is too short
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         # no update/telemetry calls from an offline machine
         "DO_NOT_TRACK": "1",
     }

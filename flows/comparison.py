@@ -54,9 +54,11 @@ def compare(kind: str, key: str, values: list[Any], stage: str, steps: int | Non
     use_dvc = dvc_can_record(base, cfg)
     rows: list[dict[str, Any]] = []
     group = f"{kind}-{stage}"
-    with tracking.start_run(cfg, run_name=f"{group}-comparison", stage=stage, tags={"comparison": kind, "pipeline": f"{kind}-comparison"}) as parent:
+    parent_id = tracking.create_run(cfg, f"{group}-comparison", stage=stage, tags={"comparison": kind, "pipeline": f"{kind}-comparison"})
+    status = "FAILED"
+    try:
         for up in upstream_closure(cfg, sid):  # shared inputs, reused when up to date
-            stage_task.with_options(name=task_name(up))(up, as_dict(base), use_dvc, False, parent.info.run_id)
+            stage_task.with_options(name=task_name(up))(up, as_dict(base), use_dvc, False, parent_id)
         for value in values:
             root = Path(cfg.root) / "compare" / group / str(value)
             extra = [f"{key}={value}", f"run_dir={root}"] + ([f"stages.{stage}.max_steps={steps}"] if steps else [])
@@ -64,8 +66,11 @@ def compare(kind: str, key: str, values: list[Any], stage: str, steps: int | Non
             link_inputs(cfg, variant.load(), sid)
             logger.info("%s=%s -> %s", key, value, root)
             row = stage_task.with_options(name=f"{stage}-{key.split('.')[-1]}-{value}")(
-                sid, as_dict(variant), False, False, parent.info.run_id, {"comparison": kind, "comparison_value": str(value)})
-            rows.append({**row, "stage": f"{stage} {key}={value}", "parent_run_id": parent.info.run_id})
+                sid, as_dict(variant), False, False, parent_id, {"comparison": kind, "comparison_value": str(value)})
+            rows.append({**row, "stage": f"{stage} {key}={value}", "parent_run_id": parent_id})
+        status = "FINISHED"
+    finally:
+        tracking.end_run(parent_id, status)
     create_markdown_artifact(markdown=results_markdown(f"{kind}-comparison ({stage})", rows, cfg), key=f"{kind}-comparison")
     return rows
 

@@ -57,33 +57,34 @@ def run_pipeline(params: stages.Params, stage_list: list[str] | None, train_retr
     logger.info("stages: %s (%s)", ", ".join(ids), "recorded by DVC" if use_dvc else "direct, stage records only")
     rows: list[dict[str, Any]] = []
     run_tags = {"pipeline": title, "prefect_flow_run": str(flow_run.get_name() or ""), **(tags or {})}
-    with tracking.start_run(cfg, run_name=f"{title}-{flow_run.get_name() or time.strftime('%H%M%S')}", tags=run_tags) as parent:
-        import mlflow
-
-        error: BaseException | None = None
-        for sid in ids:
-            kind, _ = stages.split_id(sid)
-            task_fn = stage_task.with_options(name=task_name(sid), retries=train_retries if kind == "train" else 0)
-            t0 = time.time()
-            try:
-                row = task_fn(sid, as_dict(params), use_dvc, force, parent.info.run_id)
-            except Exception as e:  # publish what happened before failing the flow
-                rows.append({"stage": sid, "outcome": f"failed: {str(e)[:80]}", "seconds": time.time() - t0})
-                error = e
-                break
-            rows.append(row)
-            m = row.get("metrics") or {}
-            mlflow.log_metric(f"{task_name(sid)}_seconds", row["seconds"])
-            if "final_loss" in m:
-                mlflow.log_metric(f"{task_name(sid)}_final_loss", m["final_loss"])
-        markdown = results_markdown(title, rows, cfg)
-        mlflow.log_text(markdown, "pipeline_results.md")
-        tracking.log_table("pipeline_results", [{k: r.get(k) for k in ("stage", "outcome", "ran", "seconds", "mlflow_run_id")} for r in rows])
+    parent_id = tracking.create_run(cfg, f"{title}-{flow_run.get_name() or time.strftime('%H%M%S')}", tags=run_tags)
+    client = tracking.configure(cfg).MlflowClient()
+    error: BaseException | None = None
+    for sid in ids:
+        kind, _ = stages.split_id(sid)
+        task_fn = stage_task.with_options(name=task_name(sid), retries=train_retries if kind == "train" else 0)
+        t0 = time.time()
+        try:
+            row = task_fn(sid, as_dict(params), use_dvc, force, parent_id)
+        except Exception as e:  # publish what happened before failing the flow
+            rows.append({"stage": sid, "outcome": f"failed: {str(e)[:80]}", "seconds": time.time() - t0})
+            error = e
+            break
+        rows.append(row)
+        m = row.get("metrics") or {}
+        client.log_metric(parent_id, f"{task_name(sid)}_seconds", row["seconds"])
+        if "final_loss" in m:
+            client.log_metric(parent_id, f"{task_name(sid)}_final_loss", m["final_loss"])
+    markdown = results_markdown(title, rows, cfg)
+    client.log_text(parent_id, markdown, "pipeline_results.md")
+    client.log_dict(parent_id, [{k: r.get(k) for k in ("stage", "outcome", "ran", "seconds", "mlflow_run_id")} for r in rows],
+                    "pipeline_results.json")
+    tracking.end_run(parent_id, "FAILED" if error else "FINISHED")
     create_markdown_artifact(markdown=markdown, key=artifact_key, description=f"{title}: stage outcomes")
     if error is not None:
         raise error
     for r in rows:
-        r["parent_run_id"] = parent.info.run_id
+        r["parent_run_id"] = parent_id
     return rows
 
 

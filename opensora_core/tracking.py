@@ -39,9 +39,11 @@ def configure(cfg: Config):
     """Point MLflow at the config's tracking URI and experiment; returns the mlflow module."""
     import mlflow
 
-    mlflow.set_tracking_uri(resolve_uri(cfg.tracking.uri))
+    uri = resolve_uri(cfg.tracking.uri)
+    mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        artifacts = cfg.root.parent / "mlartifacts" if cfg.tracking.uri.startswith("sqlite") else None
+        # SQLite backend: artifacts in mlartifacts/ beside the database (the project root by default)
+        artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
         with contextlib.suppress(Exception):  # another process may create it at the same moment
             mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri() if artifacts else None)
     mlflow.set_experiment(cfg.tracking.experiment)
@@ -104,3 +106,28 @@ def run_url(run_id: str, cfg: Config, ui: str = "http://127.0.0.1:5000") -> str:
 
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
     return f"{ui}/#/experiments/{exp.experiment_id if exp else 0}/runs/{run_id}"
+
+
+def create_run(cfg: Config, run_name: str, stage: str | None = None, tags: dict[str, Any] | None = None) -> str:
+    """Create a run without making it the active run of this process (a pipeline's parent run, held by the
+    orchestrator while stage subprocesses log children into it); end it with `end_run(run_id, status)`."""
+    mlflow = configure(cfg)
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient()
+    all_tags = run_tags(cfg, stage, {**json.loads(os.environ.get(TAGS_ENV) or "{}"), **(tags or {})})
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    run = client.create_run(exp.experiment_id, run_name=run_name, tags=all_tags)
+    items = [Param(k, str("null" if v is None else v)[:500]) for k, v in cfg.to_flat_dict().items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    import mlflow
+
+    mlflow.MlflowClient().set_terminated(run_id, status=status)
