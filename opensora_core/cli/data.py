@@ -88,5 +88,91 @@ def register(app: typer.Typer) -> None:
         else:
             _print_stats(s, str(manifest))
 
+    @group.command("ingest")
+    def ingest_cmd(
+        src: str = typer.Argument(..., help="local folder or s3://bucket/prefix (AWS credentials/endpoint from the environment)"),
+        out: Path = typer.Option(None, "--out", help="output folder (default: the run's data/raw)"),
+        overrides: list[str] = OverridesArgument,
+        min_duration: float = typer.Option(None, help="shortest clip kept, s (default: data.min_duration)"),
+        max_duration: float = typer.Option(None, help="longer scenes are cut into pieces of at most this, s (default: data.max_duration)"),
+        min_resolution: int = typer.Option(None, help="smallest short side kept, px (default: data.min_resolution)"),
+        max_aspect: float = typer.Option(3.0, help="widest aspect ratio kept"),
+        workers: int = typer.Option(2, help="files processed at once"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+    ) -> None:
+        """Probe, de-duplicate and scene-split videos into DIR/manifest.csv (clip ranges) and DIR/rejects.csv."""
+        from opensora_core.data.ingest import ingest
+
+        cfg = load_cli_config(params, preset, overrides)
+        d = cfg.data
+        out = out or cfg.paths.raw_dir
+        try:
+            s = ingest(src, out, min_duration=d.min_duration if min_duration is None else min_duration,
+                       max_duration=max_duration or d.max_duration,
+                       min_resolution=d.min_resolution if min_resolution is None else min_resolution,
+                       max_aspect=max_aspect, workers=workers)
+        except FileNotFoundError as e:
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
+        typer.echo(f"{s['clips']} clips from {s['files']} files ({s['processed']} processed this run); "
+                   f"{s['rejected']} rejected ({s['rejected_files']} files), see {Path(out) / 'rejects.csv'}")
+
+    @group.command("caption")
+    def caption_cmd(
+        overrides: list[str] = OverridesArgument,
+        captioner: str = typer.Option(None, "--captioner", help="synthetic | existing | llava (default: data.captioner)"),
+        model: str = typer.Option(None, "--model", help="llava: hub id or local path (default: data.llava_model)"),
+        manifest_in: Path = typer.Option(None, "--in", help="manifest to caption (default: the run's raw manifest)"),
+        manifest_out: Path = typer.Option(None, "--out", help="captioned manifest (default: the run's data/manifest.csv)"),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+    ) -> None:
+        """Caption every clip (resumable) and assign the train/val split."""
+        from opensora_core.data.caption import build_captioner, caption_manifest
+        from opensora_core.data.stages import caption_data
+
+        cfg = load_cli_config(params, preset, overrides)
+        if captioner is None and model is None and manifest_in is None and manifest_out is None:
+            typer.echo(f"wrote {caption_data(cfg)}")
+            return
+        name = captioner or cfg.data.captioner
+        cap = build_captioner(name, **({"model": model or cfg.data.llava_model} if name == "llava" else {}))
+        out = caption_manifest(manifest_in or cfg.paths.raw_manifest, manifest_out or cfg.paths.manifest, cap,
+                               val_fraction=cfg.data.val_fraction, batch_size=batch_size)
+        typer.echo(f"wrote {out}")
+
+    @group.command("cache")
+    def cache_cmd(
+        overrides: list[str] = OverridesArgument,
+        stage: str = typer.Option(..., "--stage", help="training stage whose frames/stride/size to encode"),
+        force: bool = typer.Option(False, "--force", help="rebuild even if up to date"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+    ) -> None:
+        """Encode every clip (VAE) and caption (text encoder) of the manifest once, into safetensors shards."""
+        import json
+
+        from opensora_core.config import ConfigError
+        from opensora_core.data.cache import build_latent_cache
+
+        cfg = load_cli_config(params, preset, overrides)
+        try:
+            out = build_latent_cache(cfg, stage, force=force)
+        except (ConfigError, FileNotFoundError) as e:
+            typer.secho(f"error: {e}", err=True, fg="red")
+            raise typer.Exit(2) from None
+        meta = json.loads((out / "index.json").read_text())
+        counts = ", ".join(f"{k} {v['count']}" for k, v in meta["splits"].items())
+        typer.echo(f"latent cache {out}: {counts} clips ({meta.get('clips_per_second')} clips/s when built)")
+
+    @group.command("prepare")
+    def prepare_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOption, preset: str = PresetOption) -> None:
+        """The prepare stage: synthetic clips or an ingest of data.src into the run's data/raw (idempotent)."""
+        from opensora_core.data.stages import prepare_data
+
+        typer.echo(f"wrote {prepare_data(load_cli_config(params, preset, overrides))}")
+
     app.add_typer(group, name="data")
 
