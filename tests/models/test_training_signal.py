@@ -34,3 +34,4 @@ def test_tiny_stdit_overfits_one_batch_on_cpu():
         losses.append(loss.item())
     assert math.isfinite(losses[-1])
     assert min(losses[-5:]) < losses[0] / 5, (losses[0], losses[-5:])
+    print(f"loss {losses[0]:.4f} -> {min(losses[-5:]):.4f}")

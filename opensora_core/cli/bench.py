@@ -1,0 +1,67 @@
+"""`opensora bench model`: DiT vs STDiT training-step throughput (rich table, logged to MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+
+
+def register(app: typer.Typer) -> None:
+    bench = typer.Typer(help="Benchmarks (throughput tables).", no_args_is_help=True)
+    app.add_typer(bench, name="bench")
+
+    @bench.command("model")
+    def model(
+        overrides: list[str] = OverridesArgument,
+        device: str = typer.Option("cpu", "--device", help="cpu (tiny sizes, ~1 min) or cuda (XL/2 sizes)"),
+        size: str = typer.Option(None, "--size", help="tiny | xl2 (default: tiny on cpu, xl2 on cuda)"),
+        steps: int = typer.Option(None, "--steps", help="timed steps per row (default 5 cpu / 10 cuda)"),
+        warmup: int = typer.Option(None, "--warmup", help="untimed steps first (default 2 cpu / 3 cuda)"),
+        peak_tflops: float = typer.Option(None, "--peak-tflops", help="device peak TFLOP/s for an MFU column"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+        no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+    ) -> None:
+        """Training-step throughput (forward+backward+AdamW) of DiT (full attention) vs STDiT at shapes
+        mirroring 16x256, 16x512 and 64x512 (64 frames with gradient checkpointing)."""
+        import torch
+        from rich.console import Console
+        from rich.table import Table
+
+        from opensora_core.models.benchmark import run_model_benchmark, speedups
+
+        cfg = load_cli_config(params, preset, overrides)
+        console = Console(width=max(Console().width, 130))  # the table is wide; never wrap it
+        tiny = (size or ("xl2" if device.startswith("cuda") else "tiny")) == "tiny"
+        caption = dict(caption_channels=cfg.text_encoder.hidden_size, model_max_length=cfg.text_encoder.model_max_length) if tiny else {}
+        with console.status("benchmarking DiT vs STDiT ..."):
+            rows = run_model_benchmark(device, steps, warmup, size, peak_tflops=peak_tflops,
+                                       on_row=lambda r: console.log(f"{r['model']} {r['shape']}: {r['samples/s']} samples/s"),
+                                       **caption)
+        table = Table(title=f"DiT vs STDiT training throughput ({device})")
+        for col in rows[0]:
+            table.add_column(col, justify="right" if col not in ("model", "shape") else "left")
+        for r in rows:
+            table.add_row(*(str(v) for v in r.values()))
+        console.print(table)
+        ratio = speedups(rows)
+        console.print("STDiT / DiT samples/s: " + ", ".join(f"{k}: {v}x" for k, v in ratio.items()))
+        if no_track:
+            return
+        from opensora_core import tracking
+
+        with tracking.start_run(cfg, run_name=f"bench-model-{device}", tags={"bench": "model", "device": device},
+                                log_config=False) as run:
+            import mlflow
+
+            mlflow.log_params({"device": device, "size": "tiny" if tiny else "xl2", "torch": torch.__version__})
+            for r in rows:
+                key = f"{r['model'].replace('/', '_')}.{r['shape'].split(' ')[0]}"
+                mlflow.log_metrics({f"{key}.samples_per_s": r["samples/s"], f"{key}.tokens_per_s": r["tokens/s"],
+                                    f"{key}.step_ms": r["step_ms"]})
+            mlflow.log_metrics({f"speedup.{k.split(' ')[0]}": v for k, v in ratio.items()})
+            tracking.log_table("bench_model", rows)
+            console.print(f"logged to MLflow run {run.info.run_id}")
