@@ -62,3 +62,19 @@ def test_prompt_files_ship_with_the_project():
     assert len(held) >= 16 and len(show) >= 4
     assert any("night" in p for p in show)
     assert np.all([p == p.strip() for p in held])
+
+
+def test_synthetic_captions_parse_back_to_their_ground_truth():
+    from pathlib import Path
+
+    from opensora_core.data.synthetic import clip_row, sample_clip_spec
+    from opensora_core.eval.prompts import parse_synthetic_caption
+
+    for i in range(60):
+        spec = sample_clip_spec(9, i)
+        row, got = clip_row(spec, "x", 32, 64), parse_synthetic_caption(spec.caption)
+        assert {k: got[k] for k in ("color", "shape", "motion", "background", "num_objects")} == \
+               {k: row[k] for k in ("color", "shape", "motion", "background", "num_objects")}
+    root = Path(__file__).resolve().parents[2]
+    assert all(parse_synthetic_caption(p) for p in read_prompts(root / "assets/prompts/tiny_heldout.txt"))
+    assert parse_synthetic_caption("A serene night scene in a forested area.") is None

@@ -1,0 +1,83 @@
+"""`opensora sample`, `opensora evaluate`, `opensora report`: videos from a checkpoint, the evaluate stage, the
+comparison report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sample")
+    def sample(
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="a stage checkpoint dir (uses `latest`) or a step_XXXXXXX dir"),
+        prompts: Path = typer.Option(..., "--prompts", help="text file, one prompt per line (e.g. assets/prompts/tiny_heldout.txt)"),
+        cfg_scale: float = typer.Option(7.0, "--cfg", help="classifier-free guidance scale"),
+        steps: int = typer.Option(100, "--steps", help="IDDPM sampling steps (respaced)"),
+        seed: int = typer.Option(0, "--seed"),
+        batch_size: int = typer.Option(8, "--batch-size", help="prompts sampled together"),
+        out: Path = typer.Option(None, "--out", help="output folder (default: <checkpoint>/samples)"),
+        track: bool = typer.Option(True, "--track/--no-track", help="log the files to the stage's MLflow run"),
+    ) -> None:
+        """Generate one video per prompt with the checkpoint's EMA weights: mp4 (H.264), gif and a frame grid each."""
+        from opensora_core.eval.sample import read_prompts, sample_checkpoint
+
+        if not checkpoint.exists():
+            typer.secho(f"error: checkpoint {checkpoint} not found", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        try:
+            texts = read_prompts(prompts)
+        except (OSError, ValueError) as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        out = out or checkpoint / "samples"
+        records = sample_checkpoint(checkpoint, texts, out, cfg_scale=cfg_scale, steps=steps, seed=seed,
+                                    batch_size=batch_size, track=track)
+        typer.echo(f"wrote {len(records)} videos to {out}")
+
+    @app.command("evaluate")
+    def evaluate_cmd(
+        overrides: list[str] = OverridesArgument,
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+        stage: list[str] = typer.Option(None, "--stage", help="stages to evaluate (default: every trained stage)"),
+        step0: bool = typer.Option(True, "--step0/--no-step0", help="also evaluate the untrained model"),
+        track: bool = typer.Option(True, "--track/--no-track", help="log to an MLflow run named `evaluate`"),
+    ) -> None:
+        """Metrics of every trained stage and the step-0 model on held-out prompts -> eval/metrics.json + MLflow."""
+        import json
+
+        from opensora_core.eval import evaluate
+
+        cfg = load_cli_config(params, preset, overrides)
+        try:
+            metrics = evaluate(cfg, stages=stage or None, include_step0=step0, track=track)
+        except FileNotFoundError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        typer.echo(json.dumps({k: v for k, v in metrics.items() if k.startswith(("final.", "step0."))}, indent=1))
+        typer.echo(f"all metrics: {cfg.paths.metrics}")
+
+    @app.command("report")
+    def report_cmd(
+        overrides: list[str] = OverridesArgument,
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+        runs: list[str] = typer.Option(None, "--runs", help="MLflow run ids to compare (repeat the option)"),
+        experiment: str = typer.Option(None, "--experiment", help="compare every run of this experiment"),
+        out: Path = typer.Option(None, "--out", help="output folder (default: <run_dir>/eval/report)"),
+        track: bool = typer.Option(True, "--track/--no-track", help="log the report to MLflow"),
+    ) -> None:
+        """HTML report: loss curves of the chosen runs (fp16 vs bf16, lr, stages), metrics table, sample grids."""
+        from opensora_core.eval.report import build_report
+
+        cfg = load_cli_config(params, preset, overrides)
+        try:
+            path = build_report(cfg, run_ids=runs or None, experiment=experiment, out_dir=out, track=track)
+        except ValueError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"report: {path}")
