@@ -137,3 +137,22 @@ def test_cache_is_skipped_when_up_to_date_and_rebuilt_when_the_stage_changes(cfg
 def test_missing_cache_says_how_to_build_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="opensora data cache"):
         LatentCacheDataset(tmp_path / "nothing")
+
+
+def test_cache_built_with_the_project_encoders_equals_fresh_encoding(cfg, captioned):
+    """The default path: build_vae / build_text_encoder from the run folder (tiny VAE untrained: equality only)."""
+    from opensora_core.encoders import build_text_encoder, build_vae
+    from opensora_core.encoders.build import ensure_tiny_text_encoder
+    from opensora_core.encoders.vae_train import tiny_autoencoder
+
+    tiny_autoencoder(seed=0).save_pretrained(cfg.paths.vae_dir)
+    ensure_tiny_text_encoder(cfg)
+    cache = build_latent_cache(cfg, "pretrain_256", out=cfg.paths.root / "cache-real", progress=False)
+    vae, text = build_vae(cfg), build_text_encoder(cfg)
+    st = cfg.stage("pretrain_256")
+    fresh = VideoDataset(captioned, st.num_frames, st.frame_interval, st.image_size, split="val")
+    item = LatentCacheDataset(cache, "val")[0]
+    assert torch.allclose(item["latent"], vae.encode(fresh[0]["video"][None])[0], atol=1e-5)
+    emb = text.encode([fresh[0]["text"]])
+    assert torch.allclose(item["y"], emb["y"][0]) and torch.equal(item["mask"], emb["mask"][0])
+    assert item["y"].shape == (1, cfg.text_encoder.model_max_length, cfg.text_encoder.hidden_size)
