@@ -1,0 +1,62 @@
+"""Encoders from the config: `vae.pretrained` / `text_encoder.pretrained`, with `null` meaning the tiny
+models the pipeline builds under the run directory (cfg.paths.vae_dir, cfg.paths.text_encoder_dir)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from opensora_core.config import Config
+from opensora_core.encoders.text import T5Encoder
+from opensora_core.encoders.tiny_text import create_tiny_text_encoder
+from opensora_core.encoders.vae import VideoAutoencoderKL
+
+
+def _missing_tiny(what: str, folder: Path, command: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"the tiny {what} is missing at {folder} ({what.split()[0]}.pretrained is null, which means the model the "
+        f"pipeline builds): create it with `{command}` (or run the pipeline: `dvc repro` / the Prefect flow), "
+        f"or set the pretrained key in params.yaml to a hub id or a local folder"
+    )
+
+
+def build_vae(cfg: Config, device: str = "cpu") -> VideoAutoencoderKL:
+    """The configured VAE, frozen; checks that its downsampling and latent channels agree with `cfg.vae`."""
+    v = cfg.vae
+    if v.pretrained is None:
+        source: str | Path = cfg.paths.vae_dir
+        if not (cfg.paths.vae_dir / "config.json").is_file():
+            raise _missing_tiny("vae", cfg.paths.vae_dir, "opensora vae train")
+    else:
+        source = v.pretrained
+    vae = VideoAutoencoderKL.from_pretrained(source, scaling_factor=v.scaling_factor, micro_batch_size=v.micro_batch_size)
+    if vae.downsample != v.downsample or vae.out_channels != v.latent_channels:
+        raise ValueError(
+            f"the VAE at {source} downsamples by {vae.downsample} with {vae.out_channels} latent channels, but params say "
+            f"vae.downsample={v.downsample}, vae.latent_channels={v.latent_channels}"
+        )
+    return vae.to(device)
+
+
+def ensure_tiny_text_encoder(cfg: Config) -> Path:
+    """Create the tiny T5 at cfg.paths.text_encoder_dir unless it exists (deterministic from cfg.seed)."""
+    folder = cfg.paths.text_encoder_dir
+    if not (folder / "config.json").is_file():
+        te = cfg.text_encoder
+        create_tiny_text_encoder(folder, hidden_size=te.hidden_size, model_max_length=te.model_max_length, seed=cfg.seed)
+    return folder
+
+
+def build_text_encoder(cfg: Config, device: str = "cpu") -> T5Encoder:
+    """The configured T5 encoder, frozen fp32; checks its width against `cfg.text_encoder.hidden_size`."""
+    te = cfg.text_encoder
+    if te.pretrained is None:
+        source: str | Path = cfg.paths.text_encoder_dir
+        if not (cfg.paths.text_encoder_dir / "config.json").is_file():
+            raise _missing_tiny("text_encoder", cfg.paths.text_encoder_dir, "opensora text-encoder init")
+    else:
+        source = te.pretrained
+    enc = T5Encoder.from_pretrained(source, model_max_length=te.model_max_length, device=device)
+    if enc.hidden_size != te.hidden_size:
+        raise ValueError(f"the text encoder at {source} has width {enc.hidden_size}, params say "
+                         f"text_encoder.hidden_size={te.hidden_size}")
+    return enc
