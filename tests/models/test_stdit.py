@@ -190,3 +190,8 @@ def test_flops_estimate_counts_linear_layers_and_favours_stdit_for_long_videos(x
     assert stdit.flops_per_sample() == 3 * stdit.flops_per_sample(training=False)
     big = (64, 64, 64)
     assert dit.flops_per_sample(big) > 2 * stdit.flops_per_sample(big)
+
+
+def test_compile_flag_keeps_checkpoint_keys(tiny_model):
+    plain, compiled = tiny_model(randomized=False), tiny_model(randomized=False, enable_compile=True)
+    assert list(compiled.state_dict()) == list(plain.state_dict())
