@@ -40,11 +40,11 @@ def build_dataset(cfg: Config, stage: str):
     """LatentCacheDataset of the stage (train.use_latent_cache) or the VideoDataset of the manifest's train split."""
     st = cfg.stage(stage)
     if cfg.train.use_latent_cache:
-        from opensora_core.data.dataset import LatentCacheDataset
+        from opensora_core.data.cache import LatentCacheDataset
 
         cache = cfg.paths.cache_dir(stage)
         if not cache.exists():
-            raise FileNotFoundError(f"latent cache {cache} not found: run `opensora cache --stage {stage}` first "
+            raise FileNotFoundError(f"latent cache {cache} not found: run `opensora data cache --stage {stage}` first "
                                     "(or set train.use_latent_cache=false to encode online)")
         return LatentCacheDataset(cache)
     from opensora_core.data.dataset import VideoDataset
@@ -54,10 +54,8 @@ def build_dataset(cfg: Config, stage: str):
 
 def sampler_class():
     """The data area's ResumableDistributedSampler (state_dict/load_state_dict hold epoch and position)."""
-    try:
-        from opensora_core.data.sampler import ResumableDistributedSampler
-    except ModuleNotFoundError:
-        from opensora_core.data import ResumableDistributedSampler
+    from opensora_core.data.dataset import ResumableDistributedSampler
+
     return ResumableDistributedSampler
 
 
@@ -75,7 +73,7 @@ def build_train_data(cfg: Config, stage: str, rank: int, dp_size: int, dp_rank: 
         raise ValueError(f"{len(dataset)} training samples are fewer than one global batch "
                          f"({st.batch_size} x {dp_size} data-parallel ranks)")
     sampler = sampler_class()(dataset, num_replicas=dp_size, rank=dp_rank, shuffle=True,
-                                          seed=cfg.seed, drop_last=True)
+                                          seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=st.batch_size, sampler=sampler, num_workers=cfg.train.num_workers,
                         drop_last=True, pin_memory=device.type == "cuda",
                         persistent_workers=False,

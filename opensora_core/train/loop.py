@@ -154,9 +154,10 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     diffusion = IDDPM(timestep_respacing="")
     data = build_train_data(cfg, stage, env.rank, dp_size, dp_rank, env.device, dataset)
 
-    step, epoch = 0, 0
+    step, epoch, batches_in_epoch = 0, 0, 0
     if resume_from:
         step, epoch = meta.step, meta.epoch
+        batches_in_epoch = int(meta.sampler.get("position", 0)) // st.batch_size
         optimizer.load_state_dict(ckpt.load_optimizer_state(resume_from))
         scheduler.load_state_dict({**meta.scheduler, "lr_lambdas": [None]})
         scaler.load_state_dict(meta.scaler)
@@ -184,7 +185,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
 
     def save(step_now: int, run_id: str | None) -> None:
         state = ckpt.TrainState(
-            step=step_now, epoch=epoch, sampler=data.sampler.state_dict(), scaler=scaler.state_dict(),
+            step=step_now, epoch=epoch, sampler=data.sampler.state_dict(consumed=batches_in_epoch * st.batch_size), scaler=scaler.state_dict(),
             scheduler=_scheduler_state(scheduler), nan_guard=guard.state_dict(), mlflow_run_id=run_id,
             config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc})
         path = ckpt.save_checkpoint(out_dir, state, model_ref.state_dict(), ema.state_dict(),
@@ -200,6 +201,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
         while step < st.max_steps:
             for batch in data.loader:
                 t0 = time.perf_counter()
+                batches_in_epoch += 1
                 x, y, mask = data.batch_inputs(batch)
                 t = diffusion.sample_timesteps(x.shape[0], env.device)
                 with autocast(tc.dtype, env.device):
@@ -236,7 +238,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                 if step >= st.max_steps:
                     break
             else:  # the epoch ran out: next epoch, new shuffle
-                epoch += 1
+                epoch, batches_in_epoch = epoch + 1, 0
                 data.sampler.set_epoch(epoch)
         wall = time.perf_counter() - t_start
         summary = {"stage": stage, "final_loss": last_loss, "steps": step, "epoch": epoch,

@@ -58,37 +58,19 @@ def tiny_cfg(tmp_path):
     return tiny_config(tmp_path / "run")
 
 
-class _PositionSampler(torch.utils.data.Sampler):
-    """Stand-in for the data area's ResumableDistributedSampler until it lands (same state_dict idea)."""
+def write_latent_cache(cache_dir: Path, dataset: RandomLatents) -> Path:
+    """Store `dataset` in the latent cache's on-disk format (one shard + index.json) for LatentCacheDataset."""
+    import json
 
-    def __init__(self, ds, num_replicas=1, rank=0, shuffle=True, seed=0, drop_last=True):
-        self.n, self.r, self.rank, self.seed, self.epoch, self.pos = len(ds), num_replicas, rank, seed, 0, 0
+    from safetensors.torch import save_file
 
-    def set_epoch(self, e):
-        self.epoch, self.pos = e, 0
-
-    def __len__(self):
-        return self.n // self.r
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        idx = torch.randperm(self.n, generator=g).tolist()[: len(self) * self.r][self.rank :: self.r]
-        while self.pos < len(idx):
-            self.pos += 1
-            yield idx[self.pos - 1]
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "position": self.pos}
-
-    def load_state_dict(self, s):
-        self.epoch, self.pos = s["epoch"], s["position"]
-
-
-@pytest.fixture(autouse=True)
-def _sampler(monkeypatch):
-    import opensora_core.train.data as data
-
-    try:
-        data.sampler_class()
-    except ImportError:
-        monkeypatch.setattr(data, "sampler_class", lambda: _PositionSampler)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    items = [dataset[i] for i in range(len(dataset))]
+    save_file({"latent": torch.stack([it["latent"] for it in items]), "y": torch.stack([it["y"] for it in items]),
+               "mask": torch.stack([it["mask"] for it in items]), "index": torch.arange(len(items))},
+              str(cache_dir / "train-00000.safetensors"))
+    index = {"fingerprint": "test", "splits": {"train": {
+        "shards": [{"file": "train-00000.safetensors", "count": len(items)}], "count": len(items),
+        "texts": [it["text"] for it in items], "rows": list(range(len(items)))}}}
+    (cache_dir / "index.json").write_text(json.dumps(index))
+    return cache_dir
