@@ -21,7 +21,7 @@ CAPTION_WORDS = """
 a an the one two three four five six several many some of on in at to from with and or over under across
 around along through into onto toward towards near behind front beside between while then slowly quickly
 is are moves move moving bounce bounces bouncing rotate rotates rotating spin spins spinning grow grows growing
-shrink shrinks shrinking slide fall rise stay zoom jump float drift fade turn turns turning day night
+shrink shrinks shrinking slide fall rise stay zoom jump float drift fade turn turns turning day night out off
 slides sliding drifts drifting falls falling rises rising stays staying still static stationary zooms zooming
 jumps jumping floats floating appears disappears fades
 left right up down upward upwards downward downwards diagonally horizontally vertically clockwise
