@@ -122,7 +122,12 @@ def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None) ->
 def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]:
     st, tc = cfg.stage(stage), cfg.train
     out_dir = cfg.paths.ckpt_dir(stage)
-    seed_everything(cfg.seed + env.rank)
+    sp_size = st.sp_size
+    if env.world_size % sp_size:
+        raise ValueError(f"stages.{stage}.sp_size {sp_size} needs a multiple of {sp_size} processes, got {env.world_size}")
+    dp_size, dp_rank = env.world_size // sp_size, env.rank // sp_size
+    # the ranks of a sequence-parallel group must draw the same t, noise and caption dropout: seed by dp rank
+    seed_everything(cfg.seed + dp_rank)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
     resume_from = ckpt.read_latest(out_dir)
@@ -136,8 +141,6 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
 
     engine = make_engine(tc.engine, env)
-    sp_size = st.sp_size
-    dp_size, dp_rank = env.world_size // sp_size, env.rank // sp_size
     train_model = engine.prepare(model)
     if sp_size > 1:
         from opensora_core.parallel.sequence import enable_sequence_parallel
@@ -169,7 +172,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
         else:
             log.warning("world size changed (%s -> %s): RNG streams restart from the seed", meta.world_size,
                         env.world_size)
-            seed_everything(cfg.seed + env.rank + step)
+            seed_everything(cfg.seed + dp_rank + step)
     else:
         data.sampler.set_epoch(0)
 
@@ -210,7 +213,8 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                 step += 1
                 grad_norm = float("nan")
                 if guard.check(loss, step):
-                    scaler.scale(loss).backward()
+                    # sp ranks hold partial gradients that sum to the full one; DDP averages over all ranks
+                    (scaler.scale(loss) * sp_size if sp_size > 1 else scaler.scale(loss)).backward()
                     params = [p for p in model_ref.parameters() if p.requires_grad]
                     ok = scaler.unscale_and_check(params)
                     if ok:

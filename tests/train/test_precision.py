@@ -56,3 +56,15 @@ def test_bf16_training_runs_with_finite_loss(tmp_path):
     cfg = tiny_config(tmp_path, **{"train.dtype": "bf16", f"stages.{STAGE}.max_steps": 2})
     summary = train_stage(cfg, STAGE, track=False, dataset=RandomLatents(8))
     assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final_loss"]))
+
+
+def test_colossalai_engine_without_colossalai_fails_naming_the_install_route(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import colossalai  # noqa: F401
+        pytest.skip("colossalai is installed here")
+    except ImportError:
+        pass
+    cfg = tiny_config(tmp_path, **{"train.engine": "colossalai", f"stages.{STAGE}.max_steps": 1})
+    with pytest.raises(RuntimeError, match="make test-colossal"):
+        train_stage(cfg, STAGE, track=False, dataset=RandomLatents(4))
