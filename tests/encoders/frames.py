@@ -38,3 +38,28 @@ def render_frames(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
             img = torch.where(m, color[:, None, None], img)
         out[i] = img
     return out
+
+
+def write_videos(folder, num: int, frames: int = 4, size: int = 64, seed: int = 0) -> list:
+    """Write `num` mp4 clips of rendered frames with PyAV (yuv420p, near-lossless); returns their paths."""
+    from pathlib import Path
+
+    import av
+    import numpy as np
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(num):
+        x = ((render_frames(frames, size, seed=seed * 1000 + i) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        path = folder / f"clip_{i:03d}.mp4"
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=8)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": "10"}
+            for frame in x.permute(0, 2, 3, 1).numpy():
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            out.mux(stream.encode())
+        paths.append(path)
+    return paths
