@@ -126,7 +126,7 @@ def outputs(cfg: Config, stage_id: str) -> list[Path]:
         "encoders": lambda: [p.vae_dir, p.text_encoder_dir],
         "cache": lambda: [p.cache_dir(sub)],
         "train": lambda: [p.ckpt_dir(sub)],
-        "evaluate": lambda: [p.metrics],
+        "evaluate": lambda: [p.metrics, p.eval_dir / "samples", p.eval_dir / "adherence.json"],
     }[kind]()
 
 
@@ -181,36 +181,43 @@ def is_up_to_date(cfg: Config, stage_id: str) -> bool:
 
 
 def _prepare(cfg: Config, params: Params, on_line: LineCallback) -> dict[str, float]:
-    from opensora_core.data import prepare_data
+    from opensora_core.data.stages import prepare_data
 
     prepare_data(cfg)
     return _manifest_metrics(cfg.paths.raw_manifest, "clips")
 
 
 def _caption(cfg: Config, params: Params, on_line: LineCallback) -> dict[str, float]:
-    from opensora_core.data import caption_data
+    from opensora_core.data.stages import caption_data
 
     caption_data(cfg)
     return _manifest_metrics(cfg.paths.manifest, "captioned_clips")
 
 
 def _encoders(cfg: Config, params: Params, on_line: LineCallback) -> dict[str, float]:
-    """Tiny preset: train the tiny VAE and build the tiny text encoder; pretrained ids need nothing here."""
+    """Tiny preset (pretrained: null): train the tiny VAE on the prepared clips and build the tiny T5.
+    Hub ids / local folders need nothing here: the out records which weights the later stages load."""
     metrics: dict[str, float] = {}
+    p = cfg.paths
     if cfg.vae.pretrained is None:
-        _run_cli(["vae", "train", *params.cli_args()], on_line)
+        from opensora_core.encoders import train_tiny_vae
+
+        v = cfg.vae
+        result = train_tiny_vae(p.raw_manifest, p.vae_dir, steps=v.train_steps, batch_size=v.train_batch_size, lr=v.train_lr,
+                                seed=cfg.seed, latent_channels=v.latent_channels, downsample=v.downsample)
+        metrics.update({f"vae_{k}": float(val) for k, val in result.to_dict().items() if isinstance(val, (int, float))})
     else:
-        cfg.paths.vae_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.paths.vae_dir / "PRETRAINED").write_text(f"{cfg.vae.pretrained}\n")
+        p.vae_dir.mkdir(parents=True, exist_ok=True)
+        (p.vae_dir / "PRETRAINED").write_text(f"{cfg.vae.pretrained}\n")
     if cfg.text_encoder.pretrained is None:
-        _run_cli(["text-encoder", "init", *params.cli_args()], on_line)
+        from opensora_core.encoders import ensure_tiny_text_encoder
+
+        if p.text_encoder_dir.exists():  # rebuilt from the config, never reused stale
+            shutil.rmtree(p.text_encoder_dir)
+        ensure_tiny_text_encoder(cfg)
     else:
-        cfg.paths.text_encoder_dir.mkdir(parents=True, exist_ok=True)
-        (cfg.paths.text_encoder_dir / "PRETRAINED").write_text(f"{cfg.text_encoder.pretrained}\n")
-    for name in ("vae_train.json", "result.json"):
-        f = cfg.paths.vae_dir / name
-        if f.exists():
-            metrics.update({f"vae_{k}": float(v) for k, v in json.loads(f.read_text()).items() if isinstance(v, (int, float))})
+        p.text_encoder_dir.mkdir(parents=True, exist_ok=True)
+        (p.text_encoder_dir / "PRETRAINED").write_text(f"{cfg.text_encoder.pretrained}\n")
     return metrics
 
 
@@ -220,10 +227,10 @@ def _cache(cfg: Config, params: Params, on_line: LineCallback, stage: str) -> di
         out.mkdir(parents=True, exist_ok=True)
         (out / "DISABLED").write_text("train.use_latent_cache is false: the training job encodes online\n")
         return {}
-    from opensora_core.data import build_latent_cache
+    from opensora_core.data.cache import build_latent_cache
 
     build_latent_cache(cfg, stage)
-    return {"cached_files": float(sum(1 for f in out.rglob("*") if f.is_file()))}
+    return {"cache_mb": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20}
 
 
 def _train(cfg: Config, params: Params, on_line: LineCallback, stage: str) -> dict[str, float]:
@@ -232,23 +239,30 @@ def _train(cfg: Config, params: Params, on_line: LineCallback, stage: str) -> di
     from opensora_core.train.launcher import launch, train_args
 
     nnodes = int(os.environ.get("OPENSORA_NNODES", "1"))
+    errors: list[str] = []  # the job's error lines, so the failure message says why
     rank = os.environ.get("OPENSORA_NODE_RANK")
     rc = launch(train_args(stage, params.path, params.preset, params.overrides), nproc=cfg.train.processes,
                 nnodes=nnodes, rdzv_endpoint=os.environ.get("OPENSORA_RDZV_ENDPOINT") or None,
-                node_rank=int(rank) if rank else None, line_callback=on_line)
+                node_rank=int(rank) if rank else None, line_callback=lambda line: (errors.append(line) if "Error" in line else None,
+                                                                         on_line(line)))
     if rc != 0:
-        raise RuntimeError(f"training job for {stage} exited with status {rc}; rerun to resume from its last checkpoint")
+        why = f" ({errors[-1].split('] ')[-1].strip()})" if errors else ""
+        raise RuntimeError(f"training job for {stage} exited with status {rc}{why}; rerun to resume from its last checkpoint")
     return final_metrics(cfg, stage)
 
 
-def _evaluate(cfg: Config, params: Params, on_line: LineCallback) -> dict[str, float]:
+def _evaluate(cfg: Config, params: Params, on_line: LineCallback, track: bool = True) -> dict[str, float]:
+    """Samples, prompt adherence and held-out loss of every trained stage; logs its own MLflow run."""
     from opensora_core.eval import evaluate
 
-    result = evaluate(cfg)
+    result = evaluate(cfg, track=track)
     if not isinstance(result, dict) and cfg.paths.metrics.exists():
         result = json.loads(cfg.paths.metrics.read_text())
     return {k: float(v) for k, v in (result or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
+
+# Stages whose code opens its own MLflow run (joining OPENSORA_PARENT_RUN_ID): the training job's rank 0, evaluate.
+SELF_TRACKING = ("train", "evaluate")
 
 _BODIES: dict[str, Callable[..., dict[str, float]]] = {
     "prepare": _prepare, "caption": _caption, "encoders": _encoders, "cache": _cache, "train": _train, "evaluate": _evaluate,
@@ -362,7 +376,9 @@ def run_stage(stage_id: str, params: Params | None = None, *, force: bool = Fals
     run_id = None
     body = _BODIES[kind]
     args = (cfg, params, on_line) + ((sub,) if sub else ())
-    if track and kind != "train":  # the training job logs its own run (rank 0), joining the parent from the env
+    if kind == "evaluate":
+        args += (track,)
+    if track and kind not in SELF_TRACKING:
         from opensora_core import tracking
 
         with tracking.start_run(cfg, run_name=stage_id, stage=sub or kind, tags={"pipeline_stage": stage_id}) as run:
@@ -373,7 +389,7 @@ def run_stage(stage_id: str, params: Params | None = None, *, force: bool = Fals
             mlflow.log_metrics({**metrics, "stage_seconds": time.perf_counter() - t0})
     else:
         metrics = body(*args)
-        run_id = _find_train_run(cfg, sub) if (track and kind == "train") else None
+        run_id = _find_run(cfg, sub or kind) if track else None
     seconds = round(time.perf_counter() - t0, 2)
     result = StageResult(stage_id, True, seconds, fp, [str(o) for o in outputs(cfg, stage_id)], metrics, run_id, time.time())
     _write_record(cfg, stage_id, {"status": "done", **result.to_dict()})
@@ -381,8 +397,8 @@ def run_stage(stage_id: str, params: Params | None = None, *, force: bool = Fals
     return result
 
 
-def _find_train_run(cfg: Config, stage: str) -> str | None:
-    """The MLflow run of the newest training job of `stage` under the current parent (if any)."""
+def _find_run(cfg: Config, stage: str) -> str | None:
+    """The newest MLflow run tagged `stage` under the current parent (if any): runs the jobs opened themselves."""
     try:
         from opensora_core import tracking
 

@@ -33,7 +33,8 @@ class FakeBodies:
         self.fail_train_once: set[str] = set()
 
     def make(self, kind: str):
-        def body(cfg, params, on_line, sub=None):
+        def body(cfg, params, on_line, *extra):
+            sub = extra[0] if kind in ("cache", "train") else None
             sid = f"{kind}@{sub}" if sub else kind
             self.calls.append(sid)
             on_line(f"fake {sid} running")
