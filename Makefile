@@ -29,6 +29,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# Deployments progressive-training/tiny, precision-comparison/tiny, lr-comparison/tiny against the Prefect
+# server at PREFECT_API_URL (default http://127.0.0.1:4200/api; start it with `.venv/bin/opensora pipeline server`).
+serve: $(STAMP)
+	$(VENV)/bin/opensora pipeline serve
+
 mlflow-ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
