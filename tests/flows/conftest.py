@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Prefect state of these tests in tmp, not the project's .prefect/ (set before flows/prefect are imported)
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-test-"))
+os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{os.environ['PREFECT_HOME']}/prefect.db")
 
 from opensora_core import stages
 

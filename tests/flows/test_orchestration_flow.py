@@ -3,18 +3,12 @@ the results artifact, and retries of training tasks. Stage bodies are fakes that
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 
+import flows.progressive_training as pt  # PREFECT_HOME: tmp, set in conftest
+from opensora_core import stages
+
 pytestmark = pytest.mark.slow  # Prefect's temporary API server starts in ~20-40 s on 2 busy cores
-
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-test-"))  # before flows/prefect import
-os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{os.environ['PREFECT_HOME']}/prefect.db")
-
-import flows.progressive_training as pt  # noqa: E402
-from opensora_core import stages  # noqa: E402
 
 
 @pytest.fixture
