@@ -85,7 +85,10 @@ def run_stage_process(stage_id: str, params: stages.Params, use_dvc: bool, force
         raise RuntimeError(f"stage {stage_id} failed (exit status {rc}); see the log above")
     rec = stages.read_record(cfg, stage_id) or {}
     ran = float(rec.get("finished_at") or 0) >= t0
-    return {**rec, "stage": stage_id, "ran": ran, "seconds": round(time.time() - t0, 2), "via": "dvc" if use_dvc else "cli"}
+    # seconds: the task's subprocess wall time; stage_seconds: the stage body's own time (0 when up to date), so
+    # the difference is the orchestration overhead (interpreter start-up, DVC, MLflow run bookkeeping)
+    return {**rec, "stage": stage_id, "ran": ran, "seconds": round(time.time() - t0, 2),
+            "stage_seconds": float(rec.get("seconds") or 0) if ran else 0.0, "via": "dvc" if use_dvc else "cli"}
 
 
 def results_markdown(title: str, rows: list[dict[str, Any]], cfg: Config, mlflow_ui: str = "http://127.0.0.1:5000") -> str:

@@ -393,7 +393,8 @@ def run_stage(stage_id: str, params: Params | None = None, *, force: bool = Fals
     seconds = round(time.perf_counter() - t0, 2)
     result = StageResult(stage_id, True, seconds, fp, [str(o) for o in outputs(cfg, stage_id)], metrics, run_id, time.time())
     _write_record(cfg, stage_id, {"status": "done", **result.to_dict()})
-    on_line(f"[{stage_id}] done in {seconds:.1f} s {json.dumps({k: round(v, 5) for k, v in metrics.items()})}")
+    shown = {k: round(v, 5) for k, v in list(metrics.items())[:6]}  # evaluate has ~100: all are in MLflow and the record
+    on_line(f"[{stage_id}] done in {seconds:.1f} s {json.dumps(shown)}")
     return result
 
 

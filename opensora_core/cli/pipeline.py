@@ -182,9 +182,11 @@ def demo_cmd(
     rows = run_flow(p, None, force, 1, None)
     wall = time.time() - t0
     _print_rows(rows)
-    stage_s = sum(r.get("seconds", 0) for r in rows)
+    task_s = sum(r.get("seconds", 0) for r in rows)
+    body_s = sum(r.get("stage_seconds", 0) for r in rows)
     samples = sorted(cfg.paths.eval_dir.rglob("*.mp4"))[:4] if cfg.paths.eval_dir.exists() else []
-    typer.secho(f"\ndone in {wall:.0f} s ({stage_s:.0f} s in stage subprocesses). Where to look:", bold=True)
+    typer.secho(f"\ndone in {wall:.0f} s: {body_s:.0f} s in the stages' own work, {task_s - body_s:.0f} s starting stage "
+                f"processes + DVC + MLflow, {wall - task_s:.0f} s in Prefect (flow, tasks, temporary API). Where to look:", bold=True)
     typer.echo("  MLflow UI:       make mlflow-ui   ->  http://127.0.0.1:5000  (parent run 'progressive-training-...')")
     typer.echo(f"  metrics:         .venv/bin/dvc metrics show   ({cfg.paths.metrics})")
     typer.echo(f"  sample videos:   {cfg.paths.eval_dir}" + "".join(f"\n                   {s}" for s in samples))
