@@ -39,3 +39,32 @@ mlflow-ui: $(STAMP)
 
 clean-runs:
 	rm -rf runs mlflow.db mlartifacts
+
+# ColossalAI engine (optional, GPU clusters): a SEPARATE venv so .venv keeps its torch. The slim route from
+# ../shared/notes/colossalai.md: our torch first, then colossalai without its pins (torch 2.5.1 CUDA, ~3 GB of
+# nvidia wheels), plus what `import colossalai` and the Booster plugins need. transformers/peft are pinned to the
+# versions colossalai 0.5.0 was released with. `pip check` reports colossalai's own pins as broken: expected.
+CVENV := .venv-colossal
+CPY := $(CVENV)/bin/python
+CPIP := $(CVENV)/bin/pip
+CSTAMP := $(CVENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+COLOSSAL_DEPS := psutil numpy einops packaging contexttimer rich click pydantic safetensors \
+	"transformers==4.51.3" "peft==0.13.2" galore_torch
+
+.PHONY: colossal-venv test-colossal
+
+$(CSTAMP): pyproject.toml
+	@test -x $(CPY) || python3 -m venv $(CVENV)
+	@echo '*' > $(CVENV)/.gitignore
+	@$(CPIP) install -q --upgrade pip
+	@if ! command -v nvidia-smi >/dev/null 2>&1; then $(CPIP) install -q "$(TORCH_CPU)"; fi
+	$(CPIP) install -q --no-deps "colossalai==0.5.0"
+	$(CPIP) install -q $(COLOSSAL_DEPS)
+	$(CPIP) install -q -e ".[test]" "transformers==4.51.3"
+	$(CPY) -c "import colossalai; from colossalai.booster import Booster; from colossalai.booster.plugin import LowLevelZeroPlugin, TorchDDPPlugin; print('colossalai', colossalai.__version__)"
+	@rm -f $(CVENV)/.installed-* && touch $@
+
+colossal-venv: $(CSTAMP)
+
+test-colossal: $(CSTAMP)
+	$(CPY) -m pytest -q -m colossal tests/train

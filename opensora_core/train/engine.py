@@ -9,7 +9,7 @@ An engine wraps the model for data parallelism and owns the optimizer; the train
 
 `torch`: torch.distributed + DistributedDataParallel (gloo on CPU, nccl on GPU); one process works too.
 `colossalai`: ColossalAI Booster with LowLevelZeroPlugin (ZeRO-2) and HybridAdam, as Open-Sora 1.0 trained;
-imported lazily, GPU only (see opensora_core/train/colossal.py).
+imported lazily (see opensora_core/train/colossal.py for what runs on CPU and on GPU).
 """
 
 from __future__ import annotations
@@ -92,12 +92,44 @@ class TorchEngine:
         # foreach=False: the same update kernel on every machine, so resumed runs are bit-identical
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8, foreach=False)
 
+    # the hooks below let the loop drive either engine (ColossalEngine: booster.boost/backward/CheckpointIO)
+    owns_precision = False  # autocast + the loop's LossScaler handle fp16/bf16
 
-def make_engine(name: str, env: DistEnv):
+    def boost(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        return model, optimizer
+
+    def backward_step(self, loss, optimizer, model_ref: nn.Module, scaler, grad_clip: float, sp_size: int = 1):
+        """(Scaled) backward, unscale + overflow check, clip, step. Returns (stepped, grad_norm)."""
+        # sp ranks hold partial gradients that sum to the full one; DDP averages over all ranks
+        (scaler.scale(loss) * sp_size if sp_size > 1 else scaler.scale(loss)).backward()
+        params = [p for p in model_ref.parameters() if p.requires_grad]
+        ok = scaler.unscale_and_check(params)
+        grad_norm = float("nan")
+        if ok:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+            optimizer.step()
+        scaler.update(ok)
+        return ok, grad_norm
+
+    def save_state(self, ckpt_root, step_name: str, model, optimizer):
+        """The optimizer state for the loop's `optimizer.pt` (rank 0), None elsewhere."""
+        return optimizer.state_dict() if self.env.is_main else None
+
+    def load_state(self, ckpt_dir, model, optimizer) -> None:
+        from opensora_core.train import checkpoint as ckpt
+
+        optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir))
+
+    def prune(self, ckpt_root) -> None:
+        pass
+
+
+def make_engine(name: str, env: DistEnv, train_cfg=None):
+    """`train_cfg` (cfg.train) gives the colossalai engine its dtype, grad_clip and initial loss scale."""
     if name == "torch":
         return TorchEngine(env)
     if name == "colossalai":
         from opensora_core.train.colossal import ColossalEngine
 
-        return ColossalEngine(env)
+        return ColossalEngine(env, train_cfg)
     raise ValueError(f"unknown engine {name!r} (torch | colossalai)")

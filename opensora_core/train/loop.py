@@ -140,7 +140,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     if resume_from:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
 
-    engine = make_engine(tc.engine, env)
+    engine = make_engine(tc.engine, env, tc)
     train_model = engine.prepare(model)
     if sp_size > 1:
         from opensora_core.parallel.sequence import enable_sequence_parallel
@@ -149,7 +149,9 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     lr = stage_lr(cfg, stage)
     optimizer = engine.make_optimizer(engine.unwrap(train_model), lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(tc.warmup_steps))
-    scaler = LossScaler(tc.dtype == "fp16", tc.initial_loss_scale)
+    train_model, optimizer = engine.boost(train_model, optimizer)  # identity for torch; booster.boost
+    # an engine that owns precision (ColossalAI LowLevelZero) scales fp16 losses itself
+    scaler = LossScaler(tc.dtype == "fp16" and not engine.owns_precision, tc.initial_loss_scale)
     guard = NaNGuard(tc.nan_patience)
 
     from opensora_core.diffusion import IDDPM
@@ -161,7 +163,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     if resume_from:
         step, epoch = meta.step, meta.epoch
         batches_in_epoch = int(meta.sampler.get("position", 0)) // st.batch_size
-        optimizer.load_state_dict(ckpt.load_optimizer_state(resume_from))
+        engine.load_state(resume_from, train_model, optimizer)
         scheduler.load_state_dict({**meta.scheduler, "lr_lambdas": [None]})
         scaler.load_state_dict(meta.scaler)
         guard.load_state_dict(meta.nan_guard)
@@ -191,8 +193,11 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
             step=step_now, epoch=epoch, sampler=data.sampler.state_dict(consumed=batches_in_epoch * st.batch_size), scaler=scaler.state_dict(),
             scheduler=_scheduler_state(scheduler), nan_guard=guard.state_dict(), mlflow_run_id=run_id,
             config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc})
+        # collective for every engine (ColossalAI gathers optimizer shards and writes its files first)
+        optimizer_state = engine.save_state(out_dir, ckpt.step_dir_name(step_now), train_model, optimizer)
         path = ckpt.save_checkpoint(out_dir, state, model_ref.state_dict(), ema.state_dict(),
-                                    optimizer.state_dict() if env.is_main else None, tc.keep_last)
+                                    optimizer_state, tc.keep_last)
+        engine.prune(out_dir)
         if env.is_main:
             log.info("saved checkpoint %s", path)
 
@@ -213,15 +218,9 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                 step += 1
                 grad_norm = float("nan")
                 if guard.check(loss, step):
-                    # sp ranks hold partial gradients that sum to the full one; DDP averages over all ranks
-                    (scaler.scale(loss) * sp_size if sp_size > 1 else scaler.scale(loss)).backward()
-                    params = [p for p in model_ref.parameters() if p.requires_grad]
-                    ok = scaler.unscale_and_check(params)
+                    ok, grad_norm = engine.backward_step(loss, optimizer, model_ref, scaler, tc.grad_clip, sp_size)
                     if ok:
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, tc.grad_clip))
-                        optimizer.step()
                         ema.update(model_ref)
-                    scaler.update(ok)
                     last_loss = float(loss.detach())
                 with warnings.catch_warnings():  # a skipped step still advances the schedule, on purpose
                     warnings.simplefilter("ignore", UserWarning)
