@@ -31,7 +31,7 @@ def vae_train(
         raise typer.Exit(2)
     source = videos or cfg.paths.raw_manifest
     if not Path(source).exists():
-        typer.secho(f"error: no videos at {source}; run `opensora prepare` first or pass --videos DIR_OR_MANIFEST",
+        typer.secho(f"error: no videos at {source}; run `opensora data prepare` first or pass --videos DIR_OR_MANIFEST",
                     fg=typer.colors.RED, err=True)
         raise typer.Exit(2)
 

@@ -69,7 +69,7 @@ def resolve_videos(source: str | Path | Iterable[str | Path]) -> list[Path]:
         import pandas as pd
 
         if not source.is_file():
-            raise FileNotFoundError(f"video manifest not found: {source} (run `opensora prepare` first)")
+            raise FileNotFoundError(f"video manifest not found: {source} (run `opensora data prepare` first)")
         paths = []
         for p in pd.read_csv(source)["path"].astype(str):
             p = Path(p)
