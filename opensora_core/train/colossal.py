@@ -131,7 +131,15 @@ class ColossalEngine:
         return self.plugin_name == "low_level_zero"
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        return model.to(self.env.device)
+        """Move to the device and give every rank rank 0's weights. The loop seeds each rank differently
+        (seed + dp rank) before building the model; DDP broadcasts rank 0's parameters when it wraps the model,
+        LowLevelZero does not (each rank would keep its own initialization), so broadcast here for every plugin."""
+        model.to(self.env.device)
+        if dist.get_world_size() > 1:
+            with torch.no_grad():
+                for t in list(model.parameters()) + list(model.buffers()):
+                    dist.broadcast(t.data, src=0)
+        return model
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
