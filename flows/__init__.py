@@ -1,4 +1,6 @@
-"""Prefect flows of opensora-flow. Importing this package points Prefect at project-local state.
+"""Prefect flows of opensora-flow. `configure_prefect_env()` points Prefect at project-local state; every flow
+module calls it before importing prefect (not only this __init__, which an editable install made while
+flows/ had no __init__.py treats as a namespace package and never runs).
 
 Without `PREFECT_API_URL`, Prefect 3 runs flows in ephemeral mode (a temporary local API, no server to start).
 Its state lives under the project folder (`.prefect/`, SQLite), not in the user's home, so a demo leaves no
@@ -7,30 +9,6 @@ trace elsewhere and two checkouts never share a database. Values already in the 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def configure_prefect_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """Set (unless already set) the Prefect settings for local, server-less runs; returns what applies."""
-    home = root / ".prefect"
-    defaults = {
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "true",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        # the temporary server starts slowly on 2 busy cores (database migrations); the default 20 s is too short
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        # no update/telemetry calls from an offline machine
-        "DO_NOT_TRACK": "1",
-    }
-    home.mkdir(parents=True, exist_ok=True)
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-    return {k: os.environ[k] for k in defaults}
-
+from flows.prefect_env import configure_prefect_env
 
 configure_prefect_env()

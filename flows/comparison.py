@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import flows  # noqa: F401
+from flows.prefect_env import configure_prefect_env
+
+configure_prefect_env()  # project-local Prefect settings, before prefect is imported
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 

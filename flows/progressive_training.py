@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import flows  # noqa: F401  (project-local Prefect settings before prefect is imported)
+from flows.prefect_env import configure_prefect_env
+
+configure_prefect_env()  # project-local Prefect settings, before prefect is imported
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE

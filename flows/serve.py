@@ -9,7 +9,9 @@ instead (docs/orchestration.md): `progressive_training.deploy(name=..., work_poo
 
 from __future__ import annotations
 
-import flows  # noqa: F401
+from flows.prefect_env import configure_prefect_env
+
+configure_prefect_env()  # project-local Prefect settings, before prefect is imported
 from prefect import serve
 
 from flows.comparison import lr_comparison, precision_comparison

@@ -136,8 +136,9 @@ def server_cmd(port: int = typer.Option(4200, "--port")) -> None:
     """Start a local Prefect server on 127.0.0.1 (state: SQLite under .prefect/). Then `make serve`."""
     import os
 
-    import flows  # noqa: F401  project-local PREFECT_HOME
+    from flows.prefect_env import configure_prefect_env
 
+    configure_prefect_env()  # project-local PREFECT_HOME and SQLite database
     exe = str(Path(sys.executable).parent / "prefect")
     typer.echo(f"Prefect server on http://127.0.0.1:{port} (PREFECT_HOME={os.environ['PREFECT_HOME']})")
     os.execv(exe, [exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
