@@ -21,6 +21,10 @@ from typing import Any
 from opensora_core import stages
 from opensora_core.config import DEFAULT_PARAMS, PROJECT_ROOT, Config
 
+# DVC's hints after each stage (git add dvc.lock, autostage, dvc push): noise in a flow's log
+_DVC_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
+              "Use `dvc push`")
+
 TASK_NAMES = {"prepare": "prepare_data", "caption": "caption", "encoders": "train_vae", "evaluate": "evaluate"}
 
 
@@ -80,7 +84,11 @@ def run_stage_process(stage_id: str, params: stages.Params, use_dvc: bool, force
     if run_tags:  # extra MLflow tags of every run the stage opens (e.g. comparison=precision)
         env["OPENSORA_RUN_TAGS"] = json.dumps(run_tags)
     t0 = time.time()
-    rc = stages.stream_command(stage_command(stage_id, params, use_dvc, force), on_line, env=env, cwd=PROJECT_ROOT)
+    def forward(line: str) -> None:
+        if not (use_dvc and line.strip().startswith(_DVC_HINTS)):
+            on_line(line)
+
+    rc = stages.stream_command(stage_command(stage_id, params, use_dvc, force), forward, env=env, cwd=PROJECT_ROOT)
     if rc != 0:
         raise RuntimeError(f"stage {stage_id} failed (exit status {rc}); see the log above")
     rec = stages.read_record(cfg, stage_id) or {}

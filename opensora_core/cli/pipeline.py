@@ -35,7 +35,8 @@ def _quiet_prefect() -> None:
     import os
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("alembic", "httpx", "httpcore"):  # per-request lines of Prefect's API client drown the progress
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @pipeline_app.command("stage")
