@@ -54,7 +54,7 @@ def select_stages(cfg: Config, wanted: list[str] | None) -> list[str]:
 
 def dvc_can_record(params: stages.Params, cfg: Config) -> bool:
     """True when `dvc repro` would run exactly this config: the project's params.yaml, its preset, no change."""
-    if not ((PROJECT_ROOT / "dvc.yaml").exists() and (PROJECT_ROOT / ".dvc").is_dir()):
+    if not all((PROJECT_ROOT / p).exists() for p in ("dvc.yaml", ".dvc", ".git")):  # DVC needs its repo inside git
         return False
     if params.path and Path(params.path).resolve() != DEFAULT_PARAMS.resolve():
         return False

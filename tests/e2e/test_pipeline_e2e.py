@@ -172,3 +172,16 @@ def test_precision_comparison_yields_two_runs_with_loss_histories(clone, flow_ru
     assert len({r.data.tags["mlflow.parentRunId"] for r in train_runs}) == 1
     for r in train_runs:
         assert len(client.get_metric_history(r.info.run_id, "loss")) >= 2
+
+
+def test_dvc_experiment_with_fp16_retrains_from_the_changed_parameter(clone, flow_run):
+    import mlflow
+
+    root, env = clone
+    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.dtype=fp16", "train@pretrain_256"], root, env)
+    ran = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
+    assert ran == ["train@pretrain_256"], out.stdout
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("opensora-flow-tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'pretrain_256' and tags.dtype = 'fp16'")
+    assert runs and "fp16" in (root / "params.yaml").read_text()
