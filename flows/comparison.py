@@ -56,7 +56,8 @@ def compare(kind: str, key: str, values: list[Any], stage: str, steps: int | Non
     use_dvc = dvc_can_record(base, cfg)
     rows: list[dict[str, Any]] = []
     group = f"{kind}-{stage}"
-    parent_id = tracking.create_run(cfg, f"{group}-comparison", stage=stage, tags={"comparison": kind, "pipeline": f"{kind}-comparison"})
+    parent_id = tracking.create_run(cfg, f"{group}-comparison", stage=stage, tags={"comparison": kind, "pipeline": f"{kind}-comparison",
+                                                                    key.split(".")[-1]: " vs ".join(map(str, values))})
     status = "FAILED"
     try:
         for up in upstream_closure(cfg, sid):  # shared inputs, reused when up to date
