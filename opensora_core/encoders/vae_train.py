@@ -26,10 +26,12 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
-def tiny_autoencoder(latent_channels: int = 4, downsample: int = 4, width: int = 32, seed: int = 0):
+def tiny_autoencoder(latent_channels: int = 4, downsample: int = 4, width: int = 8, seed: int = 0, norm_groups: int = 2):
     """A small randomly initialised AutoencoderKL: `log2(downsample)+1` blocks of widths width, 2*width, ...
 
-    One resnet per block and no mid-block attention keep a CPU step at a few tens of milliseconds.
+    One resnet per block and no mid-block attention keep a CPU step at a few tens of milliseconds. Few, wide
+    norm groups matter: with one channel per GroupNorm group (instance norm) a flat-coloured frame normalises to
+    zero, which leaves the net no easy way to carry absolute colour.
     """
     from diffusers import AutoencoderKL
 
@@ -41,7 +43,7 @@ def tiny_autoencoder(latent_channels: int = 4, downsample: int = 4, width: int =
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
-        block_out_channels=widths, layers_per_block=1, norm_num_groups=8, sample_size=64,
+        block_out_channels=widths, layers_per_block=1, norm_num_groups=norm_groups, sample_size=64,
         mid_block_add_attention=False, scaling_factor=SD_SCALING_FACTOR,
     )
     # Start with a narrow posterior (std e^-3 = 0.05): with log-variance 0 the sampled latents are pure noise
@@ -175,8 +177,8 @@ class VAETrainResult:
 
 
 def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tensor, torch.Tensor], out_dir: str | Path,
-                   steps: int = 600, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, *,
-                   latent_channels: int = 4, downsample: int = 4, width: int = 32, crop: int = 32,
+                   steps: int = 2000, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, *,
+                   latent_channels: int = 4, downsample: int = 4, width: int = 8, crop: int = 32,
                    kl_weight: float = 1e-6, val_fraction: float = 0.1, progress: bool = True) -> VAETrainResult:
     """Train a tiny AutoencoderKL and save it (diffusers `save_pretrained`, atomically) to `out_dir`.
 
