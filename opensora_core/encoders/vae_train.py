@@ -177,7 +177,7 @@ class VAETrainResult:
 
 
 def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tensor, torch.Tensor], out_dir: str | Path,
-                   steps: int = 2000, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, *,
+                   steps: int = 2400, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, *,
                    latent_channels: int = 4, downsample: int = 4, width: int = 8, crop: int = 32,
                    kl_weight: float = 1e-6, val_fraction: float = 0.1, progress: bool = True) -> VAETrainResult:
     """Train a tiny AutoencoderKL and save it (diffusers `save_pretrained`, atomically) to `out_dir`.
