@@ -46,14 +46,13 @@ def cache_fingerprint(manifest: Path, num_frames: int, frame_interval: int, imag
 
 def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: str | Path | None = None,
                        out: str | Path | None = None, batch_size: int = 16, encoder_key: str | None = None,
-                       force: bool = False, progress: bool = True) -> Path:
+                       force: bool = False, progress: bool = True, shard_size: int = SHARD_SIZE) -> Path:
     """Encode the train and val clips of `manifest` (default cfg.paths.manifest) for `stage`; returns the cache dir.
 
     vae: object with `encode(x [B, 3, T, H, W] in [-1, 1]) -> [B, C, T, h, w]` (default build_vae(cfg)).
     text_encoder: object with `encode(list[str]) -> {"y": [B, 1, N, Cc], "mask": [B, N]}` (default build_text_encoder(cfg)).
     Skips the work (returns at once) when the existing cache has the same fingerprint, unless `force`.
     """
-    import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -91,22 +90,13 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
         ds = VideoDataset(df, st.num_frames, st.frame_interval, st.image_size, split=split if "split" in df.columns else None)
         entry = {"shards": [], "count": 0, "texts": [], "rows": []}
         bar = tqdm(total=len(ds), desc=f"cache {stage}/{split}", unit="clip", disable=not progress)
-        for shard_start in range(0, len(ds), SHARD_SIZE):
-            lat, ys, masks, rows = [], [], [], []
-            for b in range(shard_start, min(shard_start + SHARD_SIZE, len(ds)), batch_size):
-                items = [ds[i] for i in range(b, min(b + batch_size, shard_start + SHARD_SIZE, len(ds)))]
-                videos = torch.stack([it["video"] for it in items])
-                with torch.no_grad():
-                    lat.append(vae.encode(videos).float().cpu())
-                    emb = text_encoder.encode([it["text"] for it in items])
-                ys.append(emb["y"].float().cpu())
-                masks.append(emb["mask"].long().cpu())
-                rows += [it["index"] for it in items]
-                entry["texts"] += [it["text"] for it in items]
-                bar.update(len(items))
+        for shard_start in range(0, len(ds), shard_size):
+            tensors, texts = encode_shard(ds, range(shard_start, min(shard_start + shard_size, len(ds))), vae,
+                                          text_encoder, batch_size, on_batch=bar.update)
+            rows = tensors["index"].tolist()
+            entry["texts"] += texts
             name = f"{split}-{len(entry['shards']):05d}.safetensors"
-            save_file({"latent": torch.cat(lat).contiguous(), "y": torch.cat(ys).contiguous(),
-                       "mask": torch.cat(masks).contiguous(), "index": torch.tensor(rows, dtype=torch.long)}, str(tmp / name))
+            save_file(tensors, str(tmp / name))
             entry["shards"].append({"file": name, "count": len(rows)})
             entry["rows"] += rows
             entry["count"] += len(rows)
@@ -121,6 +111,30 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
     tmp.rename(out)
     log.info("latent cache %s: %d clips in %.1fs (%.1f clips/s)", out, total, dt, total / max(dt, 1e-9))
     return out
+
+
+def encode_shard(ds, indices, vae, text_encoder, batch_size: int = 16, on_batch=None) -> tuple[dict, list[str]]:
+    """Encode dataset items `indices` (in batches of `batch_size`) -> (shard tensors, texts): latent [n, C, T, h, w]
+    float32, y [n, 1, N, Cc] float32, mask [n, N] int64, index [n] int64 (manifest rows). The unit of work of a
+    cache: shards are independent, so a distributed build (flows/data_prep.py) maps this over shards."""
+    import torch
+
+    indices = list(indices)
+    lat, ys, masks, rows, texts = [], [], [], [], []
+    for b in range(0, len(indices), batch_size):
+        items = [ds[i] for i in indices[b:b + batch_size]]
+        videos = torch.stack([it["video"] for it in items])
+        with torch.no_grad():
+            lat.append(vae.encode(videos).float().cpu())
+            emb = text_encoder.encode([it["text"] for it in items])
+        ys.append(emb["y"].float().cpu())
+        masks.append(emb["mask"].long().cpu())
+        rows += [it["index"] for it in items]
+        texts += [it["text"] for it in items]
+        if on_batch:
+            on_batch(len(items))
+    return {"latent": torch.cat(lat).contiguous(), "y": torch.cat(ys).contiguous(), "mask": torch.cat(masks).contiguous(),
+            "index": torch.tensor(rows, dtype=torch.long)}, texts
 
 
 class LatentCacheDataset:
