@@ -52,11 +52,7 @@ def caption_data(cfg, captioner=None, progress: bool = True) -> Path:
     from opensora_core.data.caption import build_captioner, caption_manifest
 
     d, paths = cfg.data, cfg.paths
-    if not paths.raw_manifest.exists():
-        raise FileNotFoundError(f"no raw manifest at {paths.raw_manifest}: run `opensora data prepare` first")
-    want = {"raw": hashlib.sha256(paths.raw_manifest.read_bytes()).hexdigest(), "captioner": d.captioner,
-            "model": d.llava_model if d.captioner == "llava" else None, "val_fraction": d.val_fraction}
-    stamp = paths.manifest.with_name(paths.manifest.name + ".json")
+    stamp, want = caption_stamp(cfg)
     if captioner is None and _stamp_ok(stamp, want, paths.manifest):
         log.info("caption: %s is up to date", paths.manifest)
         return paths.manifest
@@ -66,3 +62,18 @@ def caption_data(cfg, captioner=None, progress: bool = True) -> Path:
     caption_manifest(paths.raw_manifest, paths.manifest, captioner, val_fraction=d.val_fraction, progress=progress)
     stamp.write_text(json.dumps(want))
     return paths.manifest
+
+
+def caption_stamp(cfg) -> tuple[Path, dict]:
+    """The caption stage's stamp file and what it must hold for cfg.paths.manifest to be up to date."""
+    d, paths = cfg.data, cfg.paths
+    if not paths.raw_manifest.exists():
+        raise FileNotFoundError(f"no raw manifest at {paths.raw_manifest}: run `opensora data prepare` first")
+    want = {"raw": hashlib.sha256(paths.raw_manifest.read_bytes()).hexdigest(), "captioner": d.captioner,
+            "model": d.llava_model if d.captioner == "llava" else None, "val_fraction": d.val_fraction}
+    return paths.manifest.with_name(paths.manifest.name + ".json"), want
+
+
+def caption_up_to_date(cfg) -> bool:
+    stamp, want = caption_stamp(cfg)
+    return _stamp_ok(stamp, want, cfg.paths.manifest)

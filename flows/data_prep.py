@@ -1,0 +1,306 @@
+"""The `data-prep` flow: probing + scene splitting, captioning and latent caching mapped as Prefect tasks on Dask.
+
+Clips are independent, so each unit of work is one Prefect task and prefect-dask's `DaskTaskRunner` spreads
+them over a Dask cluster: a `distributed.LocalCluster` on this machine by default, or an existing cluster by
+address (`tcp://scheduler:8786`; a dask-kubernetes / dask-jobqueue cluster exposes one too):
+
+    probe-split    one per source file      opensora_core.data.ingest.process_file (probe, hash, scene cuts)
+    caption        one per batch of clips   the configured Captioner (opensora_core.data.caption)
+    encode-shard   one per cache shard      opensora_core.data.cache.encode_shard (VAE + text encoder)
+
+Only the small, order-dependent assembly runs in the flow itself, with the same code as the single-process
+stages: per-file records go to `ingest_progress.jsonl` and `ingest()` builds manifest.csv/rejects.csv from it;
+captions go to the caption checkpoint and `caption_data()` writes the captioned manifest; shards are written
+into the cache's temp dir and indexed like `build_latent_cache()`. So the outputs equal the single-process ones,
+and an interrupted run redoes only what is missing (files not in the progress file, clips not in the
+checkpoint; a cache is rebuilt only when its fingerprint changed).
+
+Workers need the project importable and the data reachable at the same paths (shared filesystem or s3://).
+Run: `python -m flows.data_prep [--address tcp://...] [--workers N] [key=value ...]`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from flows.prefect_env import configure_prefect_env
+
+configure_prefect_env()  # project-local Prefect settings, before prefect is imported
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.cache_policies import NONE as NO_CACHE
+
+from opensora_core.stages import Params
+
+_LOAD_LOCK = threading.Lock()  # from_pretrained (meta-device init) is not thread-safe: one load at a time
+SCENE_THRESHOLD = 30.0  # ingest()'s default: the records in the progress file must not depend on who made them
+
+
+# ------------------------------------------------------------------------------------------------ tasks
+
+
+@task(name="probe-split", cache_policy=NO_CACHE)
+def probe_split_task(path: str, threshold: float = SCENE_THRESHOLD) -> dict:
+    """One source file -> its ingest record (probe fields, sha256, scene ranges) or a reject record."""
+    from opensora_core.data.ingest import process_file, s3_filesystem
+
+    return process_file(path, s3_filesystem() if path.startswith("s3://") else None, threshold)
+
+
+@task(name="caption", cache_policy=NO_CACHE)
+def caption_task(rows: list[dict], captioner: Any) -> list[str]:
+    """One batch of manifest rows -> one caption each. `captioner`: a Captioner object or (name, kwargs)."""
+    cap = _load_captioner(captioner) if isinstance(captioner, tuple) else captioner
+    texts = cap.caption(rows)
+    if len(texts) != len(rows):
+        raise RuntimeError(f"captioner {cap.name} returned {len(texts)} captions for {len(rows)} clips")
+    return texts
+
+
+@task(name="encode-shard", cache_policy=NO_CACHE)
+def encode_shard_task(params: Params, stage: str, manifest: str, split: str | None, indices: list[int],
+                      batch_size: int, out_file: str) -> dict:
+    """Encode clips `indices` of one split for `stage` and write them as one safetensors shard."""
+    from safetensors.torch import save_file
+
+    from opensora_core.data.cache import encode_shard
+    from opensora_core.data.dataset import VideoDataset
+
+    cfg = params.load()
+    st = cfg.stage(stage)
+    vae, text_encoder = _load_encoders(params)
+    ds = VideoDataset(manifest, st.num_frames, st.frame_interval, st.image_size, split=split)
+    tensors, texts = encode_shard(ds, indices, vae, text_encoder, batch_size)
+    save_file(tensors, out_file)
+    return {"file": Path(out_file).name, "count": len(texts), "texts": texts, "rows": tensors["index"].tolist()}
+
+
+# Task bodies reach the lock only through these module functions: Dask pickles a task's function by value
+# (with the globals it names), and a lock cannot be pickled; module functions are pickled by reference.
+def _load_captioner(spec: tuple[str, dict]):
+    with _LOAD_LOCK:
+        return _captioner(spec[0], json.dumps(spec[1], sort_keys=True))
+
+
+def _load_encoders(params: Params):
+    with _LOAD_LOCK:
+        return _encoders(params)
+
+
+@lru_cache(maxsize=4)
+def _captioner(name: str, kwargs_json: str):
+    """One captioner per worker process (a VLM loads once, not once per batch)."""
+    from opensora_core.data.caption import build_captioner
+
+    return build_captioner(name, **json.loads(kwargs_json))
+
+
+@lru_cache(maxsize=2)
+def _encoders(params: Params):
+    """The config's VAE and text encoder, loaded once per worker process (shared by its threads: eval, no_grad)."""
+    import torch
+
+    from opensora_core.encoders import build_text_encoder, build_vae
+
+    cfg = params.load()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return build_vae(cfg, device).eval(), build_text_encoder(cfg, device).eval()
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def _read_jsonl(path: Path, key: str) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec[key]] = rec
+            except (json.JSONDecodeError, KeyError):
+                continue  # a line a crash cut short: that item is redone
+    return done
+
+
+def prepare_step(cfg) -> dict:
+    """Raw manifest at cfg.paths.raw_manifest. Ingest: every file not yet in the progress file is a mapped task."""
+    from opensora_core.data.ingest import PROGRESS, list_videos
+    from opensora_core.data.stages import prepare_data
+
+    n = 0
+    if cfg.data.source == "ingest":
+        out = cfg.paths.raw_dir
+        out.mkdir(parents=True, exist_ok=True)
+        progress_file = out / PROGRESS
+        done = _read_jsonl(progress_file, "path")
+        todo = [f for f in list_videos(cfg.data.src) if f not in done]
+        futures = probe_split_task.map(todo, unmapped(SCENE_THRESHOLD))
+        with progress_file.open("a") as f:
+            for fut in futures:  # in submission order: the same file contents on every run
+                f.write(json.dumps(fut.result()) + "\n")
+                f.flush()
+                n += 1
+    prepare_data(cfg, progress=False)  # ingest(): every file is done, so it only assembles manifest + rejects
+    return {"files_processed": n}
+
+
+def caption_step(cfg, captioner: Any = None, batch_size: int = 8) -> dict:
+    """Captioned manifest at cfg.paths.manifest; each batch of uncaptioned clips is a mapped task."""
+    from opensora_core.data.caption import build_captioner, clip_key
+    from opensora_core.data.manifest import read_manifest
+    from opensora_core.data.stages import caption_data, caption_up_to_date
+
+    if captioner is None and caption_up_to_date(cfg):
+        return {"clips_captioned": 0}
+    d = cfg.data
+    spec = captioner if captioner is not None else (d.captioner, {"model": d.llava_model} if d.captioner == "llava" else {})
+    out = cfg.paths.manifest
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = out.with_name(out.name + ".captions.jsonl")  # caption_manifest's checkpoint: it resumes from it
+    done = _read_jsonl(ckpt, "key")
+    rows = [r for r in read_manifest(cfg.paths.raw_manifest).to_dict("records") if clip_key(r) not in done]
+    batches = [rows[b:b + batch_size] for b in range(0, len(rows), batch_size)]
+    futures = caption_task.map(batches, unmapped(spec))
+    with ckpt.open("a") as f:
+        for batch, fut in zip(batches, futures):
+            for r, t in zip(batch, fut.result()):
+                f.write(json.dumps({"key": clip_key(r), "text": t}) + "\n")
+            f.flush()
+    final = captioner if captioner is not None else build_captioner(spec[0], **spec[1]) if spec[0] != "llava" else _Done()
+    caption_data(cfg, captioner=final, progress=False)  # every clip is in the checkpoint: assembles + split + stamp
+    return {"clips_captioned": len(rows)}
+
+
+class _Done:
+    """Stands in for a captioner that must not be loaded again: every clip is already in the checkpoint."""
+
+    name = "checkpoint"
+
+    def caption(self, rows):
+        raise RuntimeError(f"{len(rows)} clips missing from the caption checkpoint")
+
+
+def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_size: int = 16) -> dict:
+    """Latent + text cache of `stage` at cfg.paths.cache_dir(stage), one mapped task per shard; same layout,
+    fingerprint and shard contents as build_latent_cache(cfg, stage, shard_size=..., batch_size=...)."""
+    from opensora_core.data.cache import INDEX, cache_fingerprint, default_encoder_key
+    from opensora_core.data.dataset import VideoDataset
+    from opensora_core.data.manifest import read_manifest
+
+    st = cfg.stage(stage)
+    manifest, out = cfg.paths.manifest, cfg.paths.cache_dir(stage)
+    fingerprint = cache_fingerprint(manifest, st.num_frames, st.frame_interval, st.image_size, default_encoder_key(cfg))
+    if (out / INDEX).exists():
+        try:
+            if json.loads((out / INDEX).read_text()).get("fingerprint") == fingerprint:
+                return {"clips_encoded": 0}
+        except json.JSONDecodeError:
+            pass
+    df = read_manifest(manifest)
+    splits = ["train", "val"] if "split" in df.columns else [None]
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    t0 = time.perf_counter()
+    jobs = []
+    for split in splits:
+        n = len(VideoDataset(df, st.num_frames, st.frame_interval, st.image_size, split=split))
+        for k, s in enumerate(range(0, n, shard_size)):
+            jobs.append((split, list(range(s, min(s + shard_size, n))), str(tmp / f"{split or 'train'}-{k:05d}.safetensors")))
+    futures = [encode_shard_task.submit(params, stage, str(manifest), split, idx, batch_size, f) for split, idx, f in jobs]
+    index: dict[str, Any] = {"fingerprint": fingerprint, "stage": stage, "manifest": str(manifest),
+                             "num_frames": st.num_frames, "frame_interval": st.frame_interval,
+                             "image_size": st.image_size, "splits": {}}
+    for split in splits:
+        index["splits"][split or "train"] = {"shards": [], "count": 0, "texts": [], "rows": []}
+    for (split, _, _), fut in zip(jobs, futures):
+        r = fut.result()
+        entry = index["splits"][split or "train"]
+        entry["shards"].append({"file": r["file"], "count": r["count"]})
+        entry["texts"] += r["texts"]
+        entry["rows"] += r["rows"]
+        entry["count"] += r["count"]
+    total = sum(e["count"] for e in index["splits"].values())
+    dt = time.perf_counter() - t0
+    index["seconds"], index["clips_per_second"] = round(dt, 3), round(total / dt, 2) if dt else None
+    (tmp / INDEX).write_text(json.dumps(index, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return {"clips_encoded": total}
+
+
+# ------------------------------------------------------------------------------------------------ flow
+
+
+@flow(name="data-prep", log_prints=True)
+def data_prep(params: Params, steps: tuple[str, ...] = ("prepare", "caption", "cache"), cache_stages: list[str] | None = None,
+              captioner: Any = None, caption_batch: int = 8, shard_size: int = 64, batch_size: int = 16) -> dict:
+    """prepare (probe + split) -> caption -> cache (per stage), each step's items mapped on the task runner.
+
+    cache_stages: stages to cache (default: every stage of the config). captioner: a Captioner object that
+    replaces the configured one (tests, custom models); it must be importable by the workers.
+    """
+    logger = get_run_logger()
+    cfg = params.load()
+    summary: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+    for step in steps:
+        t0 = time.perf_counter()
+        if step == "prepare":
+            summary["prepare"] = prepare_step(cfg)
+        elif step == "caption":
+            summary["caption"] = caption_step(cfg, captioner, caption_batch)
+        elif step == "cache":
+            summary["cache"] = {s: cache_step(cfg, params, s, shard_size, batch_size) for s in cache_stages or cfg.stage_names()}
+        else:
+            raise ValueError(f"unknown step {step!r} (prepare | caption | cache)")
+        timings[step] = round(time.perf_counter() - t0, 3)
+        logger.info("%s: %s in %.1fs", step, summary[step], timings[step])
+    summary["seconds"] = timings
+    return summary
+
+
+def dask_task_runner(address: str | None = None, workers: int = 2, threads_per_worker: int = 1, processes: bool = True):
+    """prefect-dask runner: an existing cluster at `address`, else a LocalCluster of `workers` workers."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": threads_per_worker,
+                                          "processes": processes, "dashboard_address": None})
+
+
+def run_data_prep(params: Params, address: str | None = None, workers: int = 2, threads_per_worker: int = 1,
+                  processes: bool = True, **kwargs) -> dict:
+    """Run the data-prep flow on a Dask cluster (see dask_task_runner); kwargs go to the flow."""
+    runner = dask_task_runner(address, workers, threads_per_worker, processes)
+    return data_prep.with_options(task_runner=runner)(params, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m flows.data_prep", description=__doc__.split("\n\n")[0])
+    ap.add_argument("overrides", nargs="*", help="config key=value overrides")
+    ap.add_argument("--params", default=None)
+    ap.add_argument("--preset", default=None)
+    ap.add_argument("--address", default=None, help="scheduler address of an existing Dask cluster")
+    ap.add_argument("--workers", type=int, default=2, help="workers of the local cluster")
+    ap.add_argument("--threads", type=int, default=1, help="threads per local worker")
+    ap.add_argument("--steps", default="prepare,caption,cache")
+    ap.add_argument("--stages", default=None, help="comma-separated stages to cache (default: all)")
+    a = ap.parse_args(argv)
+    summary = run_data_prep(Params(a.params, a.preset, tuple(a.overrides)), a.address, a.workers, a.threads,
+                            steps=tuple(a.steps.split(",")), cache_stages=a.stages.split(",") if a.stages else None)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
