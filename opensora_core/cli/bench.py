@@ -65,3 +65,53 @@ def register(app: typer.Typer) -> None:
             mlflow.log_metrics({f"speedup.{k.split(' ')[0]}": v for k, v in ratio.items()})
             tracking.log_table("bench_model", rows)
             console.print(f"logged to MLflow run {run.info.run_id}")
+
+    @bench.command("data")
+    def data(
+        overrides: list[str] = OverridesArgument,
+        stage: str = typer.Option(None, "--stage", help="stage whose frames/size/batch/model are timed (default: the first)"),
+        steps: int = typer.Option(5, "--steps", help="timed training steps per mode"),
+        warmup: int = typer.Option(1, "--warmup", help="untimed steps first"),
+        batch_size: int = typer.Option(None, "--batch-size", help="default: the stage's batch size"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+        no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+    ) -> None:
+        """Training throughput (forward+backward+AdamW) with the latent cache vs online decode + VAE + T5 encoding."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from opensora_core.data.bench import cache_speedup, run_data_benchmark
+
+        cfg = load_cli_config(params, preset, overrides)
+        stage = stage or cfg.stage_names()[0]
+        console = Console(width=max(Console().width, 120))
+        with console.status(f"benchmarking cached vs online data for {stage} ..."):
+            rows, notes = run_data_benchmark(cfg, stage, steps=steps, warmup=warmup, batch_size=batch_size,
+                                             on_row=lambda r: console.log(f"{r['mode']}: {r['samples/s']} samples/s"))
+        table = Table(title=f"Training throughput, latent cache vs online encoding ({stage}, cpu)")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col in ("mode", "stage") else "right")
+        for r in rows:
+            table.add_row(*(str(v) for v in r.values()))
+        console.print(table)
+        ratio = cache_speedup(rows)
+        console.print(f"cached / online samples/s: {ratio}x")
+        for note in notes:
+            console.print(f"note: {note}")
+        if no_track:
+            return
+        from opensora_core import tracking
+
+        with tracking.start_run(cfg, run_name=f"bench-data-{stage}", stage=stage, tags={"bench": "data"},
+                                log_config=False) as run:
+            import mlflow
+
+            mlflow.log_params({"stage": stage, "steps": steps, "batch_size": rows[0]["batch"]})
+            for r in rows:
+                mlflow.log_metrics({f"{r['mode']}.samples_per_s": r["samples/s"], f"{r['mode']}.tokens_per_s": r["tokens/s"],
+                                    f"{r['mode']}.data_ms": r["data_ms"], f"{r['mode']}.step_ms": r["step_ms"]})
+            mlflow.log_metric("cache_speedup", ratio)
+            mlflow.set_tag("notes", " | ".join(notes)[:4000])
+            tracking.log_table("bench_data", rows)
+            console.print(f"logged to MLflow run {run.info.run_id}")
