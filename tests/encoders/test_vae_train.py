@@ -45,11 +45,11 @@ def test_training_from_mp4s_writes_a_loadable_vae_atomically(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_vae_reaches_27db_psnr_on_held_out_synthetic_frames(tmp_path):
+def test_tiny_vae_reaches_28db_psnr_on_held_out_synthetic_frames(tmp_path):
     """The tiny preset's recipe (train_tiny_vae defaults = params.yaml vae.train_*) on the project's synthetic clips.
 
-    Measured: 28.54 dB on 200 clips x 32 frames (the preset's data), 27.39 dB on this smaller 150 x 16 set; the
-    goal is 28 dB, the bar here is 27 dB so the test passes reliably on the smaller set.
+    Measured (one CPU thread, which train_tiny_vae now sets): 28.57 dB on this 150 clips x 16 frames set after
+    2400 steps, 152 CPU-s; 28.54 dB on the preset's 200 x 32. The issue's requirement is 28 dB.
     """
     synthetic = pytest.importorskip("opensora_core.data.synthetic")
     manifest = synthetic.generate_synthetic(tmp_path / "raw", num=150, frames=16, size=64, seed=42, workers=1, progress=False)
@@ -57,7 +57,7 @@ def test_tiny_vae_reaches_27db_psnr_on_held_out_synthetic_frames(tmp_path):
     result = train_tiny_vae(manifest, tmp_path / "vae", seed=0, progress=False)
     print(f"tiny VAE: {result.psnr_val:.2f} dB held-out ({result.num_val_frames} frames of unseen clips), "
           f"{result.psnr_train:.2f} dB train, {result.steps} steps, {time.perf_counter() - start:.1f} s")
-    assert result.psnr_val >= 27.0
+    assert result.psnr_val >= 28.0
 
 
 def test_tiny_preset_trains_the_vae_with_the_measured_recipe():
