@@ -5,6 +5,13 @@ architecture family (downsample 4, 4 latent channels) on its own frames: reconst
 small KL term, random crops, Adam with cosine decay. After training the latent scale is calibrated so that
 `latent * 0.18215` has unit standard deviation, as Stable Diffusion's factor does for sd-vae (see
 `calibrate_latent_scale`), so the diffusion model sees latents of the scale it expects.
+
+Measured on 150 synthetic clips x 16 frames, one thread, held-out PSNR (the recipe: 28.57 dB after 2400 steps,
+152 CPU-s; 20.5 dB at 1000 steps, the jump comes between 600 and 1200). At a ~50-80 CPU-s budget none of these
+beat it: widths (16,32,32) (2x the step cost, 18.6 dB at 550 steps), norm groups 1 or 4, lr 1e-3 or 1e-2 with
+warmup, a smaller initial posterior std or deterministic latents, full 64x64 frames (17.7 dB at 1200 steps, bs 4),
+16x16 crops (17 dB held-out though the training loss falls: GroupNorm statistics of small crops do not match
+those of full frames). A mean-pool-by-4 + bilinear baseline already gives 27.9 dB on these frames.
 """
 
 from __future__ import annotations
