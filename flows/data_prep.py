@@ -4,7 +4,7 @@ Clips are independent, so each unit of work is one Prefect task and prefect-dask
 them over a Dask cluster: a `distributed.LocalCluster` on this machine by default, or an existing cluster by
 address (`tcp://scheduler:8786`; a dask-kubernetes / dask-jobqueue cluster exposes one too):
 
-    probe-split    one per source file      opensora_core.data.ingest.process_file (probe, hash, scene cuts)
+    probe-split    one per few source files opensora_core.data.ingest.process_file (probe, hash, scene cuts)
     caption        one per batch of clips   the configured Captioner (opensora_core.data.caption)
     encode-shard   one per cache shard      opensora_core.data.cache.encode_shard (VAE + text encoder)
 
@@ -46,11 +46,12 @@ SCENE_THRESHOLD = 30.0  # ingest()'s default: the records in the progress file m
 
 
 @task(name="probe-split", cache_policy=NO_CACHE)
-def probe_split_task(path: str, threshold: float = SCENE_THRESHOLD) -> dict:
-    """One source file -> its ingest record (probe fields, sha256, scene ranges) or a reject record."""
+def probe_split_task(paths: list[str], threshold: float = SCENE_THRESHOLD) -> list[dict]:
+    """Source files -> their ingest records (probe fields, sha256, scene ranges) or reject records."""
     from opensora_core.data.ingest import process_file, s3_filesystem
 
-    return process_file(path, s3_filesystem() if path.startswith("s3://") else None, threshold)
+    fs = s3_filesystem() if any(p.startswith("s3://") for p in paths) else None
+    return [process_file(p, fs, threshold) for p in paths]
 
 
 @task(name="caption", cache_policy=NO_CACHE)
@@ -128,7 +129,7 @@ def _read_jsonl(path: Path, key: str) -> dict[str, dict]:
     return done
 
 
-def prepare_step(cfg) -> dict:
+def prepare_step(cfg, files_per_task: int = 4) -> dict:
     """Raw manifest at cfg.paths.raw_manifest. Ingest: every file not yet in the progress file is a mapped task."""
     from opensora_core.data.ingest import PROGRESS, list_videos
     from opensora_core.data.stages import prepare_data
@@ -140,12 +141,15 @@ def prepare_step(cfg) -> dict:
         progress_file = out / PROGRESS
         done = _read_jsonl(progress_file, "path")
         todo = [f for f in list_videos(cfg.data.src) if f not in done]
-        futures = probe_split_task.map(todo, unmapped(SCENE_THRESHOLD))
+        # a few files per task: a Prefect task run costs tens of ms of orchestration, a small file's probe less
+        chunks = [todo[i:i + files_per_task] for i in range(0, len(todo), files_per_task)]
+        futures = probe_split_task.map(chunks, unmapped(SCENE_THRESHOLD))
         with progress_file.open("a") as f:
             for fut in futures:  # in submission order: the same file contents on every run
-                f.write(json.dumps(fut.result()) + "\n")
+                for rec in fut.result():
+                    f.write(json.dumps(rec) + "\n")
+                    n += 1
                 f.flush()
-                n += 1
     prepare_data(cfg, progress=False)  # ingest(): every file is done, so it only assembles manifest + rejects
     return {"files_processed": n}
 
@@ -241,7 +245,8 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
 
 @flow(name="data-prep", log_prints=True)
 def data_prep(params: Params, steps: tuple[str, ...] = ("prepare", "caption", "cache"), cache_stages: list[str] | None = None,
-              captioner: Any = None, caption_batch: int = 8, shard_size: int = 64, batch_size: int = 16) -> dict:
+              captioner: Any = None, caption_batch: int = 8, shard_size: int = 64, batch_size: int = 16,
+              files_per_task: int = 4) -> dict:
     """prepare (probe + split) -> caption -> cache (per stage), each step's items mapped on the task runner.
 
     cache_stages: stages to cache (default: every stage of the config). captioner: a Captioner object that
@@ -254,7 +259,7 @@ def data_prep(params: Params, steps: tuple[str, ...] = ("prepare", "caption", "c
     for step in steps:
         t0 = time.perf_counter()
         if step == "prepare":
-            summary["prepare"] = prepare_step(cfg)
+            summary["prepare"] = prepare_step(cfg, files_per_task)
         elif step == "caption":
             summary["caption"] = caption_step(cfg, captioner, caption_batch)
         elif step == "cache":
