@@ -16,23 +16,19 @@ The rest of the model (embedders, position embeddings, final layer) is in ``open
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from opensora_core.models.base import VideoDiffusionTransformer
-from opensora_core.models.layers import CrossAttention, DropPath, Mlp, SelfAttention, t2i_modulate
+from opensora_core.models.dit import DiTBlock
+from opensora_core.models.layers import SelfAttention, t2i_modulate
 
 
-class STDiTBlock(nn.Module):
+class STDiTBlock(DiTBlock):
+    """A DiT block (adaLN-single, self-attention, cross-attention, MLP) with a temporal attention after the
+    spatial one; registered last, so the state-dict order is Open-Sora 1.0's."""
+
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        self.attn = SelfAttention(hidden_size, num_heads)
-        self.cross_attn = CrossAttention(hidden_size, num_heads)
-        self.norm2 = nn.LayerNorm(hidden_size, eps=1e-6, elementwise_affine=False)
-        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
-        self.drop_path = DropPath(drop_path)
-        self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
+        super().__init__(hidden_size, num_heads, mlp_ratio, drop_path)
         self.attn_temp = SelfAttention(hidden_size, num_heads)
 
     def forward(self, x, y, t_mlp, mask=None, tpe=None, grid=None):
