@@ -193,7 +193,7 @@ class _Done:
 def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_size: int = 16) -> dict:
     """Latent + text cache of `stage` at cfg.paths.cache_dir(stage), one mapped task per shard; same layout,
     fingerprint and shard contents as build_latent_cache(cfg, stage, shard_size=..., batch_size=...)."""
-    from opensora_core.data.cache import INDEX, cache_fingerprint, default_encoder_key
+    from opensora_core.data.cache import INDEX, cache_fingerprint, default_encoder_key, publish_cache
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.data.manifest import read_manifest
 
@@ -231,12 +231,7 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
         entry["rows"] += r["rows"]
         entry["count"] += r["count"]
     total = sum(e["count"] for e in index["splits"].values())
-    dt = time.perf_counter() - t0
-    index["seconds"], index["clips_per_second"] = round(dt, 3), round(total / dt, 2) if dt else None
-    (tmp / INDEX).write_text(json.dumps(index, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    publish_cache(tmp, out, index, total, t0)
     return {"clips_encoded": total}
 
 

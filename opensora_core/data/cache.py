@@ -103,6 +103,12 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
         bar.close()
         index["splits"][split] = entry
         total += entry["count"]
+    publish_cache(tmp, out, index, total, t0)
+    return out
+
+
+def publish_cache(tmp: Path, out: Path, index: dict, total: int, t0: float) -> None:
+    """Write the index into the finished temp dir and swap it in for `out` (a reader never sees half a cache)."""
     dt = time.perf_counter() - t0
     index["seconds"], index["clips_per_second"] = round(dt, 3), round(total / dt, 2) if dt else None
     (tmp / INDEX).write_text(json.dumps(index, indent=1))
@@ -110,7 +116,6 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
         shutil.rmtree(out)
     tmp.rename(out)
     log.info("latent cache %s: %d clips in %.1fs (%.1f clips/s)", out, total, dt, total / max(dt, 1e-9))
-    return out
 
 
 def encode_shard(ds, indices, vae, text_encoder, batch_size: int = 16, on_batch=None) -> tuple[dict, list[str]]:
