@@ -19,15 +19,19 @@ def _missing_tiny(what: str, folder: Path, command: str) -> FileNotFoundError:
     )
 
 
+def _weights_source(pretrained: str | None, tiny_folder: Path, what: str, command: str) -> str | Path:
+    """`pretrained` (hub id or folder) as given; null means the tiny model the pipeline built in `tiny_folder`."""
+    if pretrained is not None:
+        return pretrained
+    if not (tiny_folder / "config.json").is_file():
+        raise _missing_tiny(what, tiny_folder, command)
+    return tiny_folder
+
+
 def build_vae(cfg: Config, device: str = "cpu") -> VideoAutoencoderKL:
     """The configured VAE, frozen; checks that its downsampling and latent channels agree with `cfg.vae`."""
     v = cfg.vae
-    if v.pretrained is None:
-        source: str | Path = cfg.paths.vae_dir
-        if not (cfg.paths.vae_dir / "config.json").is_file():
-            raise _missing_tiny("vae", cfg.paths.vae_dir, "opensora vae train")
-    else:
-        source = v.pretrained
+    source = _weights_source(v.pretrained, cfg.paths.vae_dir, "vae", "opensora vae train")
     vae = VideoAutoencoderKL.from_pretrained(source, scaling_factor=v.scaling_factor, micro_batch_size=v.micro_batch_size)
     if vae.downsample != v.downsample or vae.out_channels != v.latent_channels:
         raise ValueError(
@@ -49,12 +53,7 @@ def ensure_tiny_text_encoder(cfg: Config) -> Path:
 def build_text_encoder(cfg: Config, device: str = "cpu") -> T5Encoder:
     """The configured T5 encoder, frozen fp32; checks its width against `cfg.text_encoder.hidden_size`."""
     te = cfg.text_encoder
-    if te.pretrained is None:
-        source: str | Path = cfg.paths.text_encoder_dir
-        if not (cfg.paths.text_encoder_dir / "config.json").is_file():
-            raise _missing_tiny("text_encoder", cfg.paths.text_encoder_dir, "opensora text-encoder init")
-    else:
-        source = te.pretrained
+    source = _weights_source(te.pretrained, cfg.paths.text_encoder_dir, "text_encoder", "opensora text-encoder init")
     enc = T5Encoder.from_pretrained(source, model_max_length=te.model_max_length, device=device)
     if enc.hidden_size != te.hidden_size:
         raise ValueError(f"the text encoder at {source} has width {enc.hidden_size}, params say "
