@@ -200,11 +200,9 @@ def _encoders(cfg: Config, params: Params, on_line: LineCallback) -> dict[str, f
     metrics: dict[str, float] = {}
     p = cfg.paths
     if cfg.vae.pretrained is None:
-        from opensora_core.encoders import train_tiny_vae
+        from opensora_core.encoders.build import train_configured_vae
 
-        v = cfg.vae
-        result = train_tiny_vae(p.raw_manifest, p.vae_dir, steps=v.train_steps, batch_size=v.train_batch_size, lr=v.train_lr,
-                                seed=cfg.seed, latent_channels=v.latent_channels, downsample=v.downsample)
+        result = train_configured_vae(cfg)
         metrics.update({f"vae_{k}": float(val) for k, val in result.to_dict().items() if isinstance(val, (int, float))})
     else:
         p.vae_dir.mkdir(parents=True, exist_ok=True)

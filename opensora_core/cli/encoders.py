@@ -37,14 +37,10 @@ def vae_train(
 
     import torch
 
-    from opensora_core.encoders.vae_train import train_tiny_vae
+    from opensora_core.encoders.build import train_configured_vae
 
     torch.manual_seed(cfg.seed)
-    result = train_tiny_vae(
-        source, cfg.paths.vae_dir, steps=cfg.vae.train_steps, batch_size=cfg.vae.train_batch_size, lr=cfg.vae.train_lr,
-        seed=cfg.seed, latent_channels=cfg.vae.latent_channels, downsample=cfg.vae.downsample,
-        val_fraction=cfg.data.val_fraction or 0.1,
-    )
+    result = train_configured_vae(cfg, source)
     metrics = cfg.paths.encoders_dir / "vae_metrics.json"
     metrics.write_text(json.dumps({"psnr_val": round(result.psnr_val, 3), "psnr_train": round(result.psnr_train, 3),
                                    "steps": result.steps, "seconds": result.seconds,

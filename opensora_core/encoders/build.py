@@ -59,3 +59,16 @@ def build_text_encoder(cfg: Config, device: str = "cpu") -> T5Encoder:
         raise ValueError(f"the text encoder at {source} has width {enc.hidden_size}, params say "
                          f"text_encoder.hidden_size={te.hidden_size}")
     return enc
+
+
+def train_configured_vae(cfg: Config, source: str | Path | None = None):
+    """Train the tiny VAE with the preset's `vae.train_*` recipe on `source` (default: the prepared clips) into
+    `cfg.paths.vae_dir`; the one call behind `opensora vae train` and the pipeline's encoders stage."""
+    from opensora_core.encoders.vae_train import train_tiny_vae
+
+    v = cfg.vae
+    return train_tiny_vae(
+        source or cfg.paths.raw_manifest, cfg.paths.vae_dir, steps=v.train_steps, batch_size=v.train_batch_size,
+        lr=v.train_lr, seed=cfg.seed, latent_channels=v.latent_channels, downsample=v.downsample,
+        val_fraction=cfg.data.val_fraction or 0.1,
+    )
