@@ -69,6 +69,21 @@ class TextEncoderConfig(_Strict):
     model_max_length: int = Field(gt=0)
 
 
+class SyntheticVocabConfig(_Strict):
+    """Which attributes synthetic clips are drawn from (null: all of them, see opensora_core.data.synthetic)."""
+    colors: list[str] | None = None
+    motions: list[str] | None = None
+    backgrounds: list[str] | None = None
+    two_object_fraction: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _known_names(self) -> SyntheticVocabConfig:
+        from opensora_core.data.synthetic import Vocabulary  # numpy only: cheap, and the names live there
+
+        Vocabulary.from_config(self.model_dump())
+        return self
+
+
 class DataConfig(_Strict):
     source: Literal["synthetic", "ingest"] = "synthetic"
     src: str | None = None
@@ -81,6 +96,7 @@ class DataConfig(_Strict):
     min_duration: float = Field(0.0, ge=0)
     max_duration: float = Field(60.0, gt=0)
     min_resolution: int = Field(0, ge=0)
+    synthetic: SyntheticVocabConfig = SyntheticVocabConfig()
 
     @model_validator(mode="after")
     def _source_is_complete(self) -> DataConfig:

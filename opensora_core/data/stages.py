@@ -26,7 +26,8 @@ def prepare_data(cfg, progress: bool = True) -> Path:
     """Raw clips + raw manifest in cfg.paths.raw_dir: synthetic rendering or ingest of cfg.data.src."""
     d, paths = cfg.data, cfg.paths
     if d.source == "synthetic":
-        want = {"source": "synthetic", "num": d.num_videos, "frames": d.video_frames, "size": d.video_size, "seed": cfg.seed}
+        want = {"source": "synthetic", "num": d.num_videos, "frames": d.video_frames, "size": d.video_size, "seed": cfg.seed,
+                "vocabulary": d.synthetic.model_dump()}
     else:
         want = {"source": "ingest", "src": d.src, "min_duration": d.min_duration, "max_duration": d.max_duration,
                 "min_resolution": d.min_resolution}
@@ -35,9 +36,10 @@ def prepare_data(cfg, progress: bool = True) -> Path:
         log.info("prepare: %s is up to date", paths.raw_manifest)
         return paths.raw_manifest
     if d.source == "synthetic":
-        from opensora_core.data.synthetic import generate_synthetic
+        from opensora_core.data.synthetic import Vocabulary, generate_synthetic
 
-        generate_synthetic(paths.raw_dir, d.num_videos, d.video_frames, d.video_size, seed=cfg.seed, progress=progress)
+        generate_synthetic(paths.raw_dir, d.num_videos, d.video_frames, d.video_size, seed=cfg.seed, progress=progress,
+                           vocab=Vocabulary.from_config(d.synthetic.model_dump()))
     else:
         from opensora_core.data.ingest import ingest
 

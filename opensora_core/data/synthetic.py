@@ -60,6 +60,45 @@ _MOTION_PHRASE = {
 
 
 @dataclass(frozen=True)
+class Vocabulary:
+    """What clips are drawn from: subsets of the colours, motions and backgrounds, and the share of two-object
+    clips. The default is everything; the tiny preset narrows it (params.yaml `data.synthetic`) so that a model
+    trained for minutes on CPU sees each colour x direction often enough to learn it."""
+
+    colors: tuple[str, ...] = tuple(COLORS)
+    motions: tuple[str, ...] = MOTIONS
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
+    two_object_fraction: float = TWO_OBJECT_FRACTION
+
+    def __post_init__(self) -> None:
+        for name, chosen, known in (("colors", self.colors, COLORS), ("motions", self.motions, MOTIONS),
+                                    ("backgrounds", self.backgrounds, BACKGROUNDS)):
+            unknown = [c for c in chosen if c not in known]
+            if unknown or not chosen:
+                raise ValueError(f"{name}: {unknown or 'empty'} not among {list(known)}")
+        if not 0.0 <= self.two_object_fraction <= 1.0:
+            raise ValueError(f"two_object_fraction must be in [0, 1], got {self.two_object_fraction}")
+        if self.two_object_fraction and (len(self.colors) < 2 or not {"left", "right", "up", "down"} <= set(self.motions)):
+            raise ValueError("two-object clips need at least two colours and all four directions among the motions")
+
+    @property
+    def motion_weights(self) -> np.ndarray:
+        w = np.asarray([MOTION_WEIGHTS[MOTIONS.index(m)] for m in self.motions])
+        return w / w.sum()
+
+    @classmethod
+    def from_config(cls, section) -> Vocabulary:
+        """From params.yaml's `data.synthetic` (None fields keep the default)."""
+        if section is None:
+            return cls()
+        given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(section).items() if v is not None}
+        return cls(**given)
+
+
+FULL_VOCABULARY = Vocabulary()
+
+
+@dataclass(frozen=True)
 class ObjectSpec:
     color: str
     shape: str
@@ -84,14 +123,14 @@ class ClipSpec:
         return f"{text} on a {self.background} background"
 
 
-def sample_clip_spec(seed: int, index: int) -> ClipSpec:
+def sample_clip_spec(seed: int, index: int, vocab: Vocabulary = FULL_VOCABULARY) -> ClipSpec:
     """The attributes of clip `index` for `seed` (independent of every other clip)."""
     rng = np.random.default_rng([seed, index])
-    n = 2 if rng.random() < TWO_OBJECT_FRACTION else 1
-    colors = rng.choice(list(COLORS), size=n, replace=False)
+    n = 2 if rng.random() < vocab.two_object_fraction else 1
+    colors = rng.choice(list(vocab.colors), size=n, replace=False)
     objects = []
     if n == 1:
-        motion = str(rng.choice(MOTIONS, p=MOTION_WEIGHTS))
+        motion = str(rng.choice(vocab.motions, p=vocab.motion_weights))
         shape = str(rng.choice(SHAPES if motion != "rotate" else ("square", "triangle")))  # a rotating circle is invisible
         size = str(rng.choice(list(SIZES)))
         objects.append(ObjectSpec(str(colors[0]), shape, size, motion, *(float(c) for c in rng.uniform(0.3, 0.7, 2))))
@@ -103,7 +142,7 @@ def sample_clip_spec(seed: int, index: int) -> ClipSpec:
             lane, free = float(rng.uniform(0.25, 0.3) if k == 0 else rng.uniform(0.7, 0.75)), float(rng.uniform(0.3, 0.7))
             x, y = (free, lane) if horizontal else (lane, free)
             objects.append(ObjectSpec(str(colors[k]), str(rng.choice(SHAPES)), "small", motion, x, y))
-    background = str(rng.choice(list(BACKGROUNDS)))
+    background = str(rng.choice(list(vocab.backgrounds)))
     return ClipSpec(index, tuple(objects), background)
 
 
@@ -204,9 +243,9 @@ def write_mp4(frames: np.ndarray, path: Path, fps: int = FPS, crf: int = 12) -> 
             container.mux(packet)
 
 
-def _make_one(args: tuple[int, int, int, int, str]) -> dict:
-    seed, index, num_frames, size, videos_dir = args
-    spec = sample_clip_spec(seed, index)
+def _make_one(args: tuple[int, int, int, int, str, Vocabulary]) -> dict:
+    seed, index, num_frames, size, videos_dir, vocab = args
+    spec = sample_clip_spec(seed, index, vocab)
     name = f"{index:06d}.mp4"
     write_mp4(render_clip(spec, num_frames, size), Path(videos_dir) / name)
     return clip_row(spec, f"videos/{name}", num_frames, size)
@@ -227,7 +266,7 @@ def clip_row(spec: ClipSpec, path: str, num_frames: int, size: int) -> dict:
 
 
 def generate_synthetic(out: str | Path, num: int, frames: int, size: int, seed: int = 42, workers: int = 2,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, vocab: Vocabulary = FULL_VOCABULARY) -> Path:
     """Write `num` clips to out/videos/*.mp4 and out/manifest.csv; returns the manifest path.
 
     Atomic: everything is written to a sibling temp dir and renamed over `out`, so an interrupted run never leaves a
@@ -245,7 +284,7 @@ def generate_synthetic(out: str | Path, num: int, frames: int, size: int, seed: 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "videos").mkdir(parents=True)
-    jobs = [(seed, i, frames, size, str(tmp / "videos")) for i in range(num)]
+    jobs = [(seed, i, frames, size, str(tmp / "videos"), vocab) for i in range(num)]
     t0 = time.perf_counter()
     rows: list[dict] = []
     bar = _progress(num, progress)

@@ -6,8 +6,9 @@ small KL term, random crops, Adam with cosine decay. After training the latent s
 `latent * 0.18215` has unit standard deviation, as Stable Diffusion's factor does for sd-vae (see
 `calibrate_latent_scale`), so the diffusion model sees latents of the scale it expects.
 
-Measured on 150 synthetic clips x 16 frames, one thread, held-out PSNR (the recipe: 28.57 dB after 2400 steps,
-152 CPU-s; 20.5 dB at 1000 steps, the jump comes between 600 and 1200). At a ~50-80 CPU-s budget none of these
+Measured on the tiny preset's 32 px clips (600 x 32 frames, 4 frames each), one thread, held-out PSNR: 28.5 dB
+at 1000 steps and 29.3 dB at 1400 (the recipe, ~70 CPU-s); the jump comes between 600 and 1000 steps. Earlier, on
+64 px frames (150 clips x 16 frames): 28.57 dB after 2400 steps, 152 CPU-s. At a ~50-80 CPU-s budget none of these
 beat it: widths (16,32,32) (2x the step cost, 18.6 dB at 550 steps), norm groups 1 or 4, lr 1e-3 or 1e-2 with
 warmup, a smaller initial posterior std or deterministic latents, full 64x64 frames (17.7 dB at 1200 steps, bs 4),
 16x16 crops (17 dB held-out though the training loss falls: GroupNorm statistics of small crops do not match
@@ -184,9 +185,10 @@ class VAETrainResult:
 
 
 def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tensor, torch.Tensor], out_dir: str | Path,
-                   steps: int = 2400, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, *,
+                   steps: int = 1400, batch_size: int = 16, lr: float = 3e-3, seed: int = 0, *,
                    latent_channels: int = 4, downsample: int = 4, width: int = 8, crop: int = 32,
-                   kl_weight: float = 1e-6, val_fraction: float = 0.1, progress: bool = True) -> VAETrainResult:
+                   kl_weight: float = 1e-6, val_fraction: float = 0.1, frame_size: int | None = 64,
+                   progress: bool = True) -> VAETrainResult:
     """Train a tiny AutoencoderKL and save it (diffusers `save_pretrained`, atomically) to `out_dir`.
 
     Args:
@@ -194,6 +196,7 @@ def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tenso
             frame tensors `[N, 3, H, W]` in [-1, 1].
         steps, batch_size, lr: optimisation (Adam, cosine decay to 10% of `lr`).
         crop: training crop size; the network is fully convolutional, so it encodes full frames afterwards.
+        frame_size: frames are center-cropped and resized to this side when read from videos (None: as stored).
         kl_weight: weight of the per-element KL term (keeps the posterior a proper Gaussian, latents bounded).
     Returns:
         VAETrainResult with held-out PSNR (dB) and wall time.
@@ -202,7 +205,7 @@ def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tenso
     if isinstance(source, tuple) and len(source) == 2 and all(isinstance(s, torch.Tensor) for s in source):
         train, val = source
     else:
-        train, val = load_frame_split(resolve_videos(source), val_fraction=val_fraction)
+        train, val = load_frame_split(resolve_videos(source), val_fraction=val_fraction, size=frame_size)
     # One intra-op thread on CPU: these convolutions are too small to split, and on a shared, loaded 2-core
     # machine 2 threads measured about 3x slower than 1 (restored on exit).
     threads = torch.get_num_threads()

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from opensora_core.data.manifest import read_manifest
-from opensora_core.data.synthetic import COLORS, MOTIONS, SHAPES, generate_synthetic, render_clip, sample_clip_spec
+from opensora_core.config import ConfigError, load_config
+from opensora_core.data.synthetic import (COLORS, MOTIONS, SHAPES, Vocabulary, generate_synthetic, render_clip,
+                                          sample_clip_spec)
 
 
 def _digest(folder):
@@ -100,3 +102,23 @@ def test_objects_are_large_enough_for_32px_training():
 def test_odd_frame_size_is_refused(tmp_path):
     with pytest.raises(ValueError, match="even"):
         generate_synthetic(tmp_path / "x", num=1, frames=4, size=33, progress=False)
+
+
+def test_vocabulary_restricts_every_drawn_attribute():
+    vocab = Vocabulary(colors=("red", "blue"), motions=("left", "right"), backgrounds=("gray",), two_object_fraction=0.0)
+    specs = [sample_clip_spec(5, i, vocab) for i in range(200)]
+    assert all(len(s.objects) == 1 and s.background == "gray" for s in specs)
+    assert {s.objects[0].color for s in specs} == {"red", "blue"}
+    assert {s.objects[0].motion for s in specs} == {"left", "right"}
+
+
+def test_default_vocabulary_draws_the_same_clips_as_before_it_existed():
+    # the full vocabulary keeps the draw order: clip i of seed k is unchanged
+    assert [sample_clip_spec(3, i) for i in range(30)] == [sample_clip_spec(3, i, Vocabulary()) for i in range(30)]
+
+
+def test_unknown_vocabulary_names_are_rejected_by_the_config_naming_the_field():
+    with pytest.raises(ConfigError, match=r"data\.synthetic.*colors.*pink"):
+        load_config(overrides=["data.synthetic.colors=[red,pink]"])
+    with pytest.raises(ValueError, match="two-object clips need"):
+        Vocabulary(motions=("left",), two_object_fraction=0.5)

@@ -26,7 +26,7 @@ def test_changing_the_learning_rate_changes_only_training_and_evaluation():
 
 
 def test_changing_one_stage_size_leaves_earlier_stages_alone():
-    before, after = _fps(), _fps(["stages.finetune_512.image_size=32"])
+    before, after = _fps(), _fps(["stages.finetune_512.image_size=64"])
     changed = {sid for sid in before if before[sid] != after[sid]}
     assert changed == {"cache@finetune_512", "train@finetune_512", "train@finetune_64f", "evaluate"}
 
@@ -67,7 +67,7 @@ def test_a_stage_is_skipped_when_up_to_date_and_rerun_after_a_relevant_change(tm
     for sid in ("prepare", "caption", "encoders", "cache@pretrain_256"):
         assert stages.run_stage(sid, tmp_params, track=False).ran
     assert not stages.run_stage("cache@pretrain_256", tmp_params, track=False).ran
-    changed = stages.Params(overrides=tmp_params.overrides + ("stages.pretrain_256.image_size=16",))
+    changed = stages.Params(overrides=tmp_params.overrides + ("stages.pretrain_256.image_size=32",))
     assert stages.run_stage("cache@pretrain_256", changed, track=False).ran
     assert not stages.run_stage("prepare", changed, track=False).ran
     assert fake_bodies.calls.count("cache@pretrain_256") == 2
