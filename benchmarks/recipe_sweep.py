@@ -33,11 +33,6 @@ class _CachedText:
         return {"y": torch.stack(ys), "mask": torch.stack(masks)}
 
 
-class _Identity:
-    def decode(self, z):
-        return z
-
-
 def held_out_prompts(cache_dir: Path, limit: int | None = None):
     """Val prompts of a cache: (texts, manifest row indices, {text: (y [1, N, C], mask [N])})."""
     from opensora_core.data.cache import LatentCacheDataset
@@ -63,8 +58,8 @@ def sample(run_dirs: list[Path], stage: str, out: Path, cfg_scale: float, steps:
         per_step = {}
         for step_dir in sorted((run / "checkpoints" / stage).glob("step_*")):
             model, _, _, _ = load_checkpoint_model(step_dir)
-            z = generate(model.to(device), _Identity(), _CachedText(table), texts, cfg_scale=cfg_scale, steps=steps,
-                         seed=seed, batch_size=64, progress=False)
+            z = generate(model.to(device), None, _CachedText(table), texts, cfg_scale=cfg_scale, steps=steps,
+                         seed=seed, batch_size=64, progress=False, decode=False)
             per_step[int(step_dir.name.split("_")[1])] = z.half()
             print(f"{run.name} {step_dir.name}: sampled {len(texts)}", flush=True)
         losses = run / "checkpoints" / stage / "train_log.csv"

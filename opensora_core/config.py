@@ -125,6 +125,9 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     use_latent_cache: bool = True
     init_from_ema: bool = True
+    # "eps": Open-Sora 1.0's plain noise-prediction MSE; "v": the same MSE weighted into the v-prediction loss
+    # (opensora_core.diffusion.GaussianDiffusion.mse_weight), for short runs that must learn layout from text
+    loss_weighting: Literal["eps", "v"] = "eps"
     processes: int = Field(1, gt=0)
 
 

@@ -16,6 +16,7 @@ from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 
 MEAN_TYPES = ("epsilon", "start_x")
 VAR_TYPES = ("learned_range", "fixed_large", "fixed_small")
+MSE_WEIGHTINGS = ("eps", "v")
 LOSS_TYPES = ("mse", "rescaled_mse", "kl", "rescaled_kl")
 
 
@@ -33,9 +34,13 @@ class GaussianDiffusion:
     """
 
     def __init__(self, betas: torch.Tensor, mean_type: str = "epsilon", var_type: str = "learned_range",
-                 loss_type: str = "mse", timestep_map: Sequence[int] | None = None):
+                 loss_type: str = "mse", timestep_map: Sequence[int] | None = None, mse_weighting: str = "eps",
+                 max_mse_weight: float = 1000.0):
         if mean_type not in MEAN_TYPES or var_type not in VAR_TYPES or loss_type not in LOSS_TYPES:
             raise ValueError(f"unsupported diffusion types: {mean_type!r}, {var_type!r}, {loss_type!r}")
+        if mse_weighting not in MSE_WEIGHTINGS:
+            raise ValueError(f"mse_weighting must be one of {MSE_WEIGHTINGS}, got {mse_weighting!r}")
+        self.mse_weighting, self.max_mse_weight = mse_weighting, max_mse_weight
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
@@ -197,5 +202,18 @@ class GaussianDiffusion:
         target = noise.float() if self.mean_type == "epsilon" else x0
         terms["mse"] = mean_flat((target - out[:, :C]) ** 2, mask)
         terms["vb"] = vb
-        terms["loss"] = terms["mse"] + vb
+        terms["loss"] = terms["mse"] * self.mse_weight(t).to(terms["mse"]) + vb
         return terms
+
+    def mse_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight `[B]` of the MSE term at steps `t`.
+
+        "eps": 1 (Open-Sora 1.0 / improved-diffusion). "v": 1 / alpha_bar_t, capped at `max_mse_weight`, which
+        turns the eps-MSE into the v-prediction loss (= the x0-MSE at high noise). Under the plain eps-MSE the
+        high-noise steps, where the layout (where the object is, which way it goes) is decided, weigh ~1e-3 of
+        the rest: a model trained for minutes learns the caption's colour but ignores its direction words.
+        """
+        if self.mse_weighting == "eps" or self.mean_type != "epsilon":
+            return torch.ones(t.shape, dtype=torch.float64, device=t.device)
+        ab = self.alphas_cumprod.to(t.device)[t]
+        return (1.0 / ab).clamp(max=self.max_mse_weight)

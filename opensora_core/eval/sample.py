@@ -75,7 +75,7 @@ def null_caption(model, batch: int) -> torch.Tensor:
 @torch.no_grad()
 def generate(model, vae, text_encoder, prompts: Sequence[str], *, cfg_scale: float = 7.0, steps: int = 100,
              seed: int = 0, batch_size: int = 8, latent_size: tuple[int, int, int] | None = None,
-             progress: bool = True) -> torch.Tensor:
+             progress: bool = True, decode: bool = True) -> torch.Tensor:
     """Sample one video per prompt.
 
     Args:
@@ -83,7 +83,8 @@ def generate(model, vae, text_encoder, prompts: Sequence[str], *, cfg_scale: flo
         vae: `decode(z [B, C, T, h, w]) -> [B, 3, T, H, W]`; text_encoder: `encode(list[str]) -> {"y", "mask"}`.
         cfg_scale: classifier-free guidance scale; steps: respaced IDDPM steps.
         latent_size: (T, h, w); default the model's `input_size`.
-    Returns: videos `[len(prompts), 3, T, H, W]` in [-1, 1] (float32, CPU).
+        decode: False returns the sampled latents (unclamped; `vae` is not used and may be None).
+    Returns: videos `[len(prompts), 3, T, H, W]` in [-1, 1] (float32, CPU), or latents `[len(prompts), C, T, h, w]`.
     """
     from tqdm import tqdm
 
@@ -105,7 +106,7 @@ def generate(model, vae, text_encoder, prompts: Sequence[str], *, cfg_scale: flo
         gen = torch.Generator().manual_seed(seed * 100003 + start)
         x0 = diffusion.sample(model, z, model_kwargs={"y": y, "mask": mask}, y_null=null_caption(model, len(batch)).to(device),
                               cfg_scale=cfg_scale, progress=False, generator=gen)
-        videos.append(vae.decode(x0).float().clamp(-1, 1).cpu())
+        videos.append((vae.decode(x0).float().clamp(-1, 1) if decode else x0.float()).cpu())
         bar.update(len(batch))
     bar.close()
     return torch.cat(videos)

@@ -33,6 +33,16 @@ def test_a_prompts_initial_noise_does_not_depend_on_the_batch(tiny_stack):
     assert not torch.allclose(alone[0], together[1])  # prompt 1 alone is index 0: different noise, by design
 
 
+def test_latents_only_sampling_returns_the_unclamped_latents_the_videos_decode_from(tiny_stack):
+    model, vae, text = tiny_stack
+    videos = generate(model, vae, text, PROMPTS, cfg_scale=4.0, steps=3, seed=7, batch_size=3, progress=False)
+    latents = generate(model, None, text, PROMPTS, cfg_scale=4.0, steps=3, seed=7, batch_size=3, progress=False,
+                       decode=False)
+    assert latents.shape[:3] == (3, model.in_channels, 2)
+    assert latents.abs().max() > 1  # not clamped like pixels: a latents-only caller decodes them itself
+    torch.testing.assert_close(vae.decode(latents).clamp(-1, 1), videos)
+
+
 def test_written_mp4_gif_and_grid_are_readable(tmp_path, decode_mp4):
     from PIL import Image
 
