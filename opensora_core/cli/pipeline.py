@@ -186,7 +186,9 @@ def demo_cmd(
     _print_rows(rows)
     task_s = sum(r.get("seconds", 0) for r in rows)
     body_s = sum(r.get("stage_seconds", 0) for r in rows)
-    samples = sorted(cfg.paths.eval_dir.rglob("*.mp4"))[:4] if cfg.paths.eval_dir.exists() else []
+    final_samples = cfg.paths.eval_dir / "samples" / cfg.stage_names()[-1]  # the final model's videos first
+    samples = sorted(final_samples.glob("*.mp4"))[:4] or (sorted(cfg.paths.eval_dir.rglob("*.mp4"))[:4]
+                                                          if cfg.paths.eval_dir.exists() else [])
     typer.secho(f"\ndone in {wall:.0f} s: {body_s:.0f} s in the stages' own work, {task_s - body_s:.0f} s starting stage "
                 f"processes + DVC + MLflow, {wall - task_s:.0f} s in Prefect (flow, tasks, temporary API). Where to look:", bold=True)
     typer.echo("  MLflow UI:       make mlflow-ui   ->  http://127.0.0.1:5000  (parent run 'progressive-training-...')")
