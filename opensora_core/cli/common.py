@@ -1,9 +1,9 @@
-"""Shared CLI plumbing: config loading with exit code 2 on invalid parameters, and the override argument."""
+"""Shared CLI plumbing: config loading with exit code 2 on invalid parameters, `fail`, and the override argument."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -20,5 +20,10 @@ def load_cli_config(params: Path | None, preset: str | None, overrides: list[str
     try:
         return load_config(params, preset, overrides or [])
     except ConfigError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        fail(str(e))
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` in red on stderr and exit with `code` (2: bad input, nothing was written)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code) from None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 
 def _print_stats(stats: dict, title: str) -> None:
@@ -57,15 +57,13 @@ def register(app: typer.Typer) -> None:
         d = cfg.data
         num, frames, size = num or d.num_videos, frames or d.video_frames, size or d.video_size
         if not (num and frames and size):
-            typer.secho("error: --num, --frames and --size are needed (this preset has no synthetic defaults)", err=True, fg="red")
-            raise typer.Exit(2)
+            fail("--num, --frames and --size are needed (this preset has no synthetic defaults)")
         t0 = time.perf_counter()
         try:
             manifest = generate_synthetic(out or cfg.paths.raw_dir, num, frames, size, seed=cfg.seed if seed is None else seed,
                                           workers=workers)
         except ValueError as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
-            raise typer.Exit(2) from None
+            fail(str(e))
         dt = time.perf_counter() - t0
         typer.echo(f"wrote {num} clips ({frames}x{size}x{size}) and {manifest} in {dt:.1f}s ({num / dt:.1f} clips/s)")
 
@@ -80,8 +78,7 @@ def register(app: typer.Typer) -> None:
         try:
             df = read_manifest(manifest)
         except (ManifestError, FileNotFoundError) as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
-            raise typer.Exit(2) from None
+            fail(str(e))
         s = manifest_stats(df)
         if as_json:
             typer.echo(json.dumps(s, indent=2))
@@ -113,8 +110,7 @@ def register(app: typer.Typer) -> None:
                        min_resolution=d.min_resolution if min_resolution is None else min_resolution,
                        max_aspect=max_aspect, workers=workers)
         except FileNotFoundError as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
-            raise typer.Exit(2) from None
+            fail(str(e))
         typer.echo(f"{s['clips']} clips from {s['files']} files ({s['processed']} processed this run); "
                    f"{s['rejected']} rejected ({s['rejected_files']} files), see {Path(out) / 'rejects.csv'}")
 
@@ -161,8 +157,7 @@ def register(app: typer.Typer) -> None:
         try:
             out = build_latent_cache(cfg, stage, force=force)
         except (ConfigError, FileNotFoundError) as e:
-            typer.secho(f"error: {e}", err=True, fg="red")
-            raise typer.Exit(2) from None
+            fail(str(e))
         meta = json.loads((out / "index.json").read_text())
         counts = ", ".join(f"{k} {v['count']}" for k, v in meta["splits"].items())
         typer.echo(f"latent cache {out}: {counts} clips ({meta.get('clips_per_second')} clips/s when built)")

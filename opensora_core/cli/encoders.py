@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 vae_app = typer.Typer(help="The video VAE (frame-wise AutoencoderKL).", no_args_is_help=True)
 text_app = typer.Typer(help="The T5 text encoder.", no_args_is_help=True)
@@ -26,14 +26,10 @@ def vae_train(
         typer.echo(f"vae.pretrained is {cfg.vae.pretrained!r}: a pretrained VAE, nothing to train")
         return
     if not (cfg.vae.train_steps and cfg.vae.train_batch_size and cfg.vae.train_lr):
-        typer.secho("error: vae.train_steps, vae.train_batch_size and vae.train_lr must be > 0 to train the tiny VAE",
-                    fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail("vae.train_steps, vae.train_batch_size and vae.train_lr must be > 0 to train the tiny VAE")
     source = videos or cfg.paths.raw_manifest
     if not Path(source).exists():
-        typer.secho(f"error: no videos at {source}; run `opensora data prepare` first or pass --videos DIR_OR_MANIFEST",
-                    fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
+        fail(f"no videos at {source}; run `opensora data prepare` first or pass --videos DIR_OR_MANIFEST")
 
     import torch
 

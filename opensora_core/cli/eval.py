@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 
 def register(app: typer.Typer) -> None:
@@ -26,13 +26,11 @@ def register(app: typer.Typer) -> None:
         from opensora_core.eval.sample import read_prompts, sample_checkpoint
 
         if not checkpoint.exists():
-            typer.secho(f"error: checkpoint {checkpoint} not found", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2)
+            fail(f"checkpoint {checkpoint} not found")
         try:
             texts = read_prompts(prompts)
         except (OSError, ValueError) as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            fail(str(e))
         out = out or checkpoint / "samples"
         records = sample_checkpoint(checkpoint, texts, out, cfg_scale=cfg_scale, steps=steps, seed=seed,
                                     batch_size=batch_size, track=track)
@@ -56,8 +54,7 @@ def register(app: typer.Typer) -> None:
         try:
             metrics = evaluate(cfg, stages=stage or None, include_step0=step0, track=track)
         except FileNotFoundError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            fail(str(e))
         typer.echo(json.dumps({k: v for k, v in metrics.items() if k.startswith(("final.", "step0."))}, indent=1))
         typer.echo(f"all metrics: {cfg.paths.metrics}")
 
@@ -78,6 +75,5 @@ def register(app: typer.Typer) -> None:
         try:
             path = build_report(cfg, run_ids=runs or None, experiment=experiment, out_dir=out, track=track)
         except ValueError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
+            fail(str(e))
         typer.echo(f"report: {path}")

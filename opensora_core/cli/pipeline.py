@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deployments.", no_args_is_help=True)
 
@@ -55,11 +55,9 @@ def stage_cmd(
     try:
         result = run_stage(stage_id, p, force=force, track=not no_track)
     except (ValueError, FileNotFoundError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        fail(str(e))
     except RuntimeError as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+        fail(str(e), 1)
     shown = dict(list(result.metrics.items())[:6])  # evaluate reports dozens; all of them are in MLflow / metrics.json
     typer.echo(json.dumps({"stage": result.stage, "ran": result.ran, "seconds": result.seconds, "metrics": shown}))
 
@@ -126,8 +124,7 @@ def compare_cmd(
     p = _params(params, preset, overrides)
     fn = {"precision": precision_comparison, "lr": lr_comparison}.get(what)
     if fn is None:
-        typer.secho("error: compare precision | lr", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        fail("compare precision | lr")
     rows = fn(stage=stage, steps=steps, preset=p.preset, overrides=list(p.overrides), params_path=p.path)
     _print_rows(rows)
 

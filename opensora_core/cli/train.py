@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 EXIT_NONFINITE = 3
 EXIT_TERMINATED = 143
@@ -32,8 +32,7 @@ def register(app: typer.Typer) -> None:
         try:
             cfg.stage(stage)
         except Exception as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            sys.exit(2)
+            fail(str(e))
         rank = os.environ.get("RANK", "0")
         logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S",
                             format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
@@ -42,8 +41,7 @@ def register(app: typer.Typer) -> None:
         try:
             summary = train_stage(cfg, stage, track=not no_track)
         except NonFiniteLossError as e:
-            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-            sys.exit(EXIT_NONFINITE)
+            fail(str(e), EXIT_NONFINITE)
         except Terminated as e:
             typer.secho(f"stopped: {e}; resume by running the same command", err=True)
             sys.exit(EXIT_TERMINATED)
@@ -64,8 +62,6 @@ def register(app: typer.Typer) -> None:
 
         args = [a for a in ctx.args if a != "--"]
         if not args:
-            typer.secho("error: give the command after --, e.g. opensora launch --nproc 2 -- train --stage pretrain_256",
-                        fg=typer.colors.RED, err=True)
-            sys.exit(2)
+            fail("give the command after --, e.g. opensora launch --nproc 2 -- train --stage pretrain_256")
         rc = launch(args, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, node_rank=node_rank)
         sys.exit(rc if rc >= 0 else 128 - rc)
