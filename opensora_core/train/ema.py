@@ -25,8 +25,6 @@ class EMA:
         for name, value in model.state_dict().items():
             if name not in self.shadow:
                 continue
-            if self.shadow[name].device != value.device:  # built before the engine moved the model to its GPU
-                self.shadow[name] = self.shadow[name].to(value.device)
             if name in self._param_names:
                 self.shadow[name].lerp_(value.detach().to(torch.float32), 1.0 - self.decay)
             else:

@@ -136,12 +136,11 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     init_desc = f"resume:{resume_from.name}" if resume_from else init_weights(model, cfg, stage)
     if resume_from:
         model.load_state_dict(ckpt.load_model_state(resume_from))
-    ema = EMA(model, tc.ema_decay)
+    engine = make_engine(tc.engine, env, tc)
+    train_model = engine.prepare(model)  # moves `model` to its device (and gives every rank rank 0's weights)
+    ema = EMA(model, tc.ema_decay)  # after prepare: the shadow lives where the weights it averages live
     if resume_from:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
-
-    engine = make_engine(tc.engine, env, tc)
-    train_model = engine.prepare(model)
     if sp_size > 1:
         from opensora_core.parallel.sequence import enable_sequence_parallel
 
