@@ -80,7 +80,7 @@ class SyntheticVocabConfig(_Strict):
     def _known_names(self) -> SyntheticVocabConfig:
         from opensora_core.data.synthetic import Vocabulary  # numpy only: cheap, and the names live there
 
-        Vocabulary.from_config(self.model_dump())
+        Vocabulary.from_config(self)
         return self
 
 

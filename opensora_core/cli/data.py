@@ -48,10 +48,11 @@ def register(app: typer.Typer) -> None:
         params: Path = ParamsOption,
         preset: str = PresetOption,
     ) -> None:
-        """Render captioned synthetic clips (H.264 mp4) and their manifest with ground-truth attributes."""
+        """Render captioned synthetic clips (H.264 mp4) of the preset's vocabulary (data.synthetic) and their
+        manifest with ground-truth attributes."""
         import time
 
-        from opensora_core.data.synthetic import generate_synthetic
+        from opensora_core.data.synthetic import Vocabulary, generate_synthetic
 
         cfg = load_cli_config(params, preset, overrides)
         d = cfg.data
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         try:
             manifest = generate_synthetic(out or cfg.paths.raw_dir, num, frames, size, seed=cfg.seed if seed is None else seed,
-                                          workers=workers)
+                                          workers=workers, vocab=Vocabulary.from_config(d.synthetic))
         except ValueError as e:
             fail(str(e))
         dt = time.perf_counter() - t0

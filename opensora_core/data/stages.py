@@ -39,7 +39,7 @@ def prepare_data(cfg, progress: bool = True) -> Path:
         from opensora_core.data.synthetic import Vocabulary, generate_synthetic
 
         generate_synthetic(paths.raw_dir, d.num_videos, d.video_frames, d.video_size, seed=cfg.seed, progress=progress,
-                           vocab=Vocabulary.from_config(d.synthetic.model_dump()))
+                           vocab=Vocabulary.from_config(d.synthetic))
     else:
         from opensora_core.data.ingest import ingest
 

@@ -88,11 +88,11 @@ class Vocabulary:
 
     @classmethod
     def from_config(cls, section) -> Vocabulary:
-        """From params.yaml's `data.synthetic` (None fields keep the default)."""
+        """From params.yaml's `data.synthetic` (the config model or its dict; None fields keep the default)."""
         if section is None:
             return cls()
-        given = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(section).items() if v is not None}
-        return cls(**given)
+        fields = section.model_dump() if hasattr(section, "model_dump") else dict(section)
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in fields.items() if v is not None})
 
 
 FULL_VOCABULARY = Vocabulary()

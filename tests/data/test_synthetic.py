@@ -122,3 +122,15 @@ def test_unknown_vocabulary_names_are_rejected_by_the_config_naming_the_field():
         load_config(overrides=["data.synthetic.colors=[red,pink]"])
     with pytest.raises(ValueError, match="two-object clips need"):
         Vocabulary(motions=("left",), two_object_fraction=0.5)
+
+
+def test_the_cli_renders_the_presets_vocabulary(tmp_path):
+    from typer.testing import CliRunner
+
+    from opensora_core.cli import app
+
+    result = CliRunner().invoke(app, ["data", "synthetic", "--num", "12", "--frames", "4", "--size", "16", "--workers",
+                                      "1", "--out", str(tmp_path / "syn"), "data.synthetic.colors=[red,blue]",
+                                      "data.synthetic.two_object_fraction=0.0"])
+    assert result.exit_code == 0, result.output
+    assert set(read_manifest(tmp_path / "syn" / "manifest.csv")["color"]) <= {"red", "blue"}
