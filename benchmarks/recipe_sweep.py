@@ -16,7 +16,6 @@ The prompts' text embeddings are taken from the cache, so no text encoder is nee
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -79,10 +78,10 @@ def score(path: Path, vae_dir: Path, manifest: Path):
     vae = VideoAutoencoderKL.from_pretrained(str(vae_dir))
     table = []
     for run, entry in data["runs"].items():
+        rows = [{**truth.iloc[i].to_dict(), "text": t} for i, t in zip(entry["index"], entry["texts"])]
         for step, z in sorted(entry["latents"].items()):
             with torch.no_grad():
                 videos = vae.decode(z.float()).clamp(-1, 1)
-            rows = [{**truth.iloc[i].to_dict(), "text": t} for i, t in zip(entry["index"], entry["texts"])]
             summary, _ = adherence(videos, rows)
             table.append({"run": run, "step": step, **{k: round(v, 3) for k, v in summary.items()}})
     df = pd.DataFrame(table)
