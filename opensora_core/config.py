@@ -42,6 +42,8 @@ class ModelConfig(_Strict):
     grad_checkpoint: bool = False
     freeze: Literal["not_temporal", "text"] | None = None
     init_from: str | None = None
+    # null: the model's own (STDiT: "first_block", Open-Sora 1.0; DiT: "input"); see models.base
+    temporal_pos: Literal["first_block", "input"] | None = None
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -75,6 +77,7 @@ class SyntheticVocabConfig(_Strict):
     motions: list[str] | None = None
     backgrounds: list[str] | None = None
     two_object_fraction: float | None = Field(None, ge=0, le=1)
+    lane_jitter: float | None = Field(None, ge=0, le=0.3)
 
     @model_validator(mode="after")
     def _known_names(self) -> SyntheticVocabConfig:
@@ -125,9 +128,10 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     use_latent_cache: bool = True
     init_from_ema: bool = True
-    # "eps": Open-Sora 1.0's plain noise-prediction MSE; "v": the same MSE weighted into the v-prediction loss
-    # (opensora_core.diffusion.GaussianDiffusion.mse_weight), for short runs that must learn layout from text
-    loss_weighting: Literal["eps", "v"] = "eps"
+    # "eps": Open-Sora 1.0's plain noise-prediction MSE; "v": the same MSE weighted into the v-prediction loss;
+    # "min_snr": Min-SNR-gamma, weight min(SNR, gamma) / SNR (opensora_core.diffusion.GaussianDiffusion.mse_weight)
+    loss_weighting: Literal["eps", "v", "min_snr"] = "eps"
+    min_snr_gamma: float = Field(5.0, gt=0)
     processes: int = Field(1, gt=0)
 
 

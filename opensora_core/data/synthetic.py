@@ -47,6 +47,7 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 SIZES: dict[str, float] = {"small": 0.17, "large": 0.25}  # object radius as a fraction of the frame side
 FPS = 8
 TWO_OBJECT_FRACTION = 0.25
+LANE_JITTER = 0.2        # one-object clips: centre in 0.3..0.7 (the moving axis follows its trajectory)
 
 _MOTION_PHRASE = {
     "left": "moves to the left",
@@ -69,6 +70,9 @@ class Vocabulary:
     motions: tuple[str, ...] = MOTIONS
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
     two_object_fraction: float = TWO_OBJECT_FRACTION
+    # A one-object clip's centre is drawn from 0.5 +- lane_jitter on each axis; a translation overrides the axis it
+    # moves along, so this is how far its lane sits off the centre line. 0 makes a clip a function of its caption.
+    lane_jitter: float = LANE_JITTER
 
     def __post_init__(self) -> None:
         for name, chosen, known in (("colors", self.colors, COLORS), ("motions", self.motions, MOTIONS),
@@ -78,6 +82,8 @@ class Vocabulary:
                 raise ValueError(f"{name}: {unknown or 'empty'} not among {list(known)}")
         if not 0.0 <= self.two_object_fraction <= 1.0:
             raise ValueError(f"two_object_fraction must be in [0, 1], got {self.two_object_fraction}")
+        if not 0.0 <= self.lane_jitter <= 0.3:
+            raise ValueError(f"lane_jitter must be in [0, 0.3] (the object stays inside the frame), got {self.lane_jitter}")
         if self.two_object_fraction and (len(self.colors) < 2 or not {"left", "right", "up", "down"} <= set(self.motions)):
             raise ValueError("two-object clips need at least two colours and all four directions among the motions")
 
@@ -130,10 +136,11 @@ def sample_clip_spec(seed: int, index: int, vocab: Vocabulary = FULL_VOCABULARY)
     colors = rng.choice(list(vocab.colors), size=n, replace=False)
     objects = []
     if n == 1:
+        j = vocab.lane_jitter
         motion = str(rng.choice(vocab.motions, p=vocab.motion_weights))
         shape = str(rng.choice(SHAPES if motion != "rotate" else ("square", "triangle")))  # a rotating circle is invisible
         size = str(rng.choice(list(SIZES)))
-        objects.append(ObjectSpec(str(colors[0]), shape, size, motion, *(float(c) for c in rng.uniform(0.3, 0.7, 2))))
+        objects.append(ObjectSpec(str(colors[0]), shape, size, motion, *(float(c) for c in rng.uniform(0.5 - j, 0.5 + j, 2))))
     else:
         # a pair translates along one axis in two separate lanes (small objects), so they never hide each other
         horizontal = rng.random() < 0.5

@@ -23,7 +23,8 @@ class IDDPM(GaussianDiffusion):
     def __init__(self, num_sampling_steps: int | None = None, timestep_respacing: str | Sequence[int] | None = None,
                  noise_schedule: str = "linear", use_kl: bool = False, sigma_small: bool = False,
                  predict_xstart: bool = False, learn_sigma: bool = True, rescale_learned_sigmas: bool = False,
-                 diffusion_steps: int = 1000, cfg_scale: float = 4.0, mse_weighting: str = "eps"):
+                 diffusion_steps: int = 1000, cfg_scale: float = 4.0, mse_weighting: str = "eps",
+                 min_snr_gamma: float = 5.0):
         if num_sampling_steps is not None:
             if timestep_respacing:
                 raise ValueError("give num_sampling_steps or timestep_respacing, not both")
@@ -35,7 +36,8 @@ class IDDPM(GaussianDiffusion):
         loss_type = "rescaled_kl" if use_kl else "rescaled_mse" if rescale_learned_sigmas else "mse"
         var_type = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
         super().__init__(respaced_betas(base_betas, kept), mean_type="start_x" if predict_xstart else "epsilon",
-                         var_type=var_type, loss_type=loss_type, timestep_map=kept, mse_weighting=mse_weighting)
+                         var_type=var_type, loss_type=loss_type, timestep_map=kept, mse_weighting=mse_weighting,
+                         min_snr_gamma=min_snr_gamma)
         self.diffusion_steps = diffusion_steps
         self.base_alphas_cumprod = torch.cumprod(1.0 - base_betas, dim=0)
         self.cfg_scale = cfg_scale

@@ -42,7 +42,10 @@ FREEZE_OPTIONS = ("not_temporal", "text")
 class VideoDiffusionTransformer(nn.Module):
     """Base class; subclasses implement ``_make_block(i, drop_path)`` and ``_run_block(...)``."""
 
-    temporal_pos_at_input = False  # DiT adds the temporal embedding to the input tokens
+    # Where the temporal position embedding enters: "first_block" = added to block 0's temporal-attention input
+    # only (Open-Sora 1.0 STDiT); "input" = added to every token before the blocks (DiT; an STDiT option).
+    TEMPORAL_POS = ("first_block", "input")
+    default_temporal_pos = "first_block"
 
     def __init__(
         self,
@@ -68,12 +71,16 @@ class VideoDiffusionTransformer(nn.Module):
         enable_flashattn: bool = False,  # accepted for config compatibility: SDPA picks flash by itself
         enable_layernorm_kernel: bool = False,  # accepted for config compatibility (no apex here)
         enable_sequence_parallelism: bool = False,
+        temporal_pos: str | None = None,
     ):
         super().__init__()
         if enable_sequence_parallelism:
             raise NotImplementedError("sequence parallelism is provided by opensora_core.parallel, not the model")
         if freeze is not None and freeze not in FREEZE_OPTIONS:
             raise ValueError(f"freeze must be one of {FREEZE_OPTIONS} or None, got {freeze!r}")
+        self.temporal_pos = temporal_pos or self.default_temporal_pos
+        if self.temporal_pos not in self.TEMPORAL_POS:
+            raise ValueError(f"temporal_pos must be one of {self.TEMPORAL_POS}, got {temporal_pos!r}")
         self.input_size = tuple(int(v) for v in input_size)
         self.in_channels = in_channels
         self.pred_sigma = pred_sigma
@@ -112,6 +119,10 @@ class VideoDiffusionTransformer(nn.Module):
         if enable_compile:
             for block in self.blocks:
                 block.compile()  # in place: state-dict keys stay unchanged
+
+    @property
+    def temporal_pos_at_input(self) -> bool:
+        return self.temporal_pos == "input"
 
     # -- construction hooks ------------------------------------------------------------------------------
     def _make_block(self, index: int, drop_path: float) -> nn.Module:

@@ -43,7 +43,8 @@ class DiTBlock(nn.Module):
 class DiT(VideoDiffusionTransformer):
     """Full spatio-temporal attention DiT with STDiT's constructor and forward signature."""
 
-    temporal_pos_at_input = True
+    TEMPORAL_POS = ("input",)  # no temporal attention to add it to
+    default_temporal_pos = "input"
 
     def _make_block(self, index: int, drop_path: float) -> nn.Module:
         return DiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, drop_path)

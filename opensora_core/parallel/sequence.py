@@ -123,6 +123,8 @@ def sp_forward(self, x, timestep, y, mask=None, force_drop_ids=None):
 
     pos, pos_t = self.position_embeddings(grid, x.device, dtype)
     h = self.x_embedder(x).unflatten(1, (t_tokens, s_tokens)) + pos[:, None]
+    if self.temporal_pos_at_input and not self.no_temporal_pos_emb:
+        h = h + pos_t[:, :, None]
     h = h[:, rank * t_loc:(rank + 1) * t_loc].flatten(1, 2)  # this rank's frames [B, T'/sp * S, D]
 
     t = self.t_embedder(timestep, dtype=h.dtype)
@@ -133,7 +135,7 @@ def sp_forward(self, x, timestep, y, mask=None, force_drop_ids=None):
         if mask.shape[0] != y.shape[0]:
             mask = mask.repeat(y.shape[0] // mask.shape[0], 1)
 
-    tpe = None if self.no_temporal_pos_emb else pos_t
+    tpe = None if (self.no_temporal_pos_emb or self.temporal_pos_at_input) else pos_t
     for i, block in enumerate(self.blocks):
         args = (block, h, y, t_mlp, mask, tpe if i == 0 else None, (t_loc, s_tokens), group, sp)
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
@@ -162,7 +164,7 @@ def new_sp_groups(sp_size: int):
 
 def enable_sequence_parallel(model: nn.Module, sp_size: int, group=None, sp_rank: int | None = None) -> nn.Module:
     """Make `model` (an STDiT) run sequence-parallel over `sp_size` ranks (new consecutive groups by default)."""
-    if getattr(model, "temporal_pos_at_input", False) or not hasattr(model, "blocks"):
+    if not hasattr(model, "blocks") or not all(hasattr(b, "attn_temp") for b in model.blocks):
         raise TypeError(f"sequence parallelism supports STDiT, not {type(model).__name__}")
     if group is None:
         group, sp_rank = new_sp_groups(sp_size)

@@ -45,7 +45,7 @@ def build_stage_model(cfg: Config, stage: str) -> nn.Module:
         space_scale=st.space_scale, time_scale=st.time_scale, hidden_size=m.hidden_size, depth=m.depth,
         num_heads=m.num_heads, patch_size=tuple(m.patch_size), mlp_ratio=m.mlp_ratio,
         class_dropout_prob=m.class_dropout_prob, drop_path=m.drop_path, freeze=m.freeze,
-        grad_checkpoint=grad_ckpt,
+        grad_checkpoint=grad_ckpt, temporal_pos=m.temporal_pos,
     )
 
 

@@ -155,7 +155,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
 
     from opensora_core.diffusion import IDDPM
 
-    diffusion = IDDPM(timestep_respacing="", mse_weighting=tc.loss_weighting)
+    diffusion = IDDPM(timestep_respacing="", mse_weighting=tc.loss_weighting, min_snr_gamma=tc.min_snr_gamma)
     data = build_train_data(cfg, stage, env.rank, dp_size, dp_rank, env.device, dataset)
 
     step, epoch, batches_in_epoch = 0, 0, 0

@@ -117,6 +117,19 @@ def test_default_vocabulary_draws_the_same_clips_as_before_it_existed():
     assert [sample_clip_spec(3, i) for i in range(30)] == [sample_clip_spec(3, i, Vocabulary()) for i in range(30)]
 
 
+def test_lane_jitter_zero_puts_every_translation_on_the_centre_line():
+    vocab = Vocabulary(motions=("left", "right", "up", "down"), two_object_fraction=0.0, lane_jitter=0.0)
+    for spec in (sample_clip_spec(7, i, vocab) for i in range(40)):
+        o = spec.objects[0]
+        lane = o.y if o.motion in ("left", "right") else o.x
+        assert lane == 0.5
+    one = Vocabulary(two_object_fraction=0.0)
+    jittered = {round(sample_clip_spec(7, i, one).objects[0].y, 3) for i in range(40)}
+    assert len(jittered) > 10 and min(jittered) >= 0.3 and max(jittered) <= 0.7  # default: 0.5 +- 0.2
+    with pytest.raises(ValueError, match="lane_jitter"):
+        Vocabulary(lane_jitter=0.4)
+
+
 def test_unknown_vocabulary_names_are_rejected_by_the_config_naming_the_field():
     with pytest.raises(ConfigError, match=r"data\.synthetic.*colors.*pink"):
         load_config(overrides=["data.synthetic.colors=[red,pink]"])

@@ -1,4 +1,4 @@
-"""The MSE weighting of the training loss: Open-Sora 1.0's plain eps-MSE, or its v-prediction form."""
+"""The MSE weighting of the training loss: Open-Sora 1.0's plain eps-MSE, its v-prediction form, or Min-SNR-gamma."""
 
 from __future__ import annotations
 
@@ -39,3 +39,27 @@ def test_v_weighting_is_capped_at_the_highest_noise_levels():
     assert w[0] == pytest.approx(1.0, abs=1e-3) and w[1] == d.max_mse_weight
     with pytest.raises(ValueError, match="mse_weighting"):
         IDDPM(timestep_respacing="", mse_weighting="snr")
+
+
+def test_min_snr_weighting_keeps_noisy_steps_and_scales_clean_ones_down_to_gamma_over_snr():
+    d = IDDPM(timestep_respacing="", mse_weighting="min_snr", min_snr_gamma=1.0)
+    ab = d.alphas_cumprod.double()
+    snr = ab / (1 - ab)
+    t = torch.arange(1000)
+    w = d.mse_weight(t)
+    noisy = snr[t] <= 1.0
+    assert noisy.any() and (~noisy).any()
+    assert torch.allclose(w[noisy], torch.ones_like(w[noisy]))                     # min(SNR, g) / SNR = 1
+    torch.testing.assert_close(w[~noisy], (1.0 / snr[t])[~noisy].to(w.dtype))     # = g / SNR with g = 1
+    assert w[0] < 0.01 and w[999] == 1.0
+    gamma5 = IDDPM(timestep_respacing="", mse_weighting="min_snr").mse_weight(t)   # the paper's default gamma 5
+    assert (gamma5 >= w).all() and gamma5[0] == pytest.approx(5 * w[0].item())
+
+
+def test_training_config_validates_the_weighting_by_name():
+    from opensora_core.config import ConfigError, load_config
+
+    cfg = load_config(overrides=["train.loss_weighting=min_snr", "train.min_snr_gamma=2"])
+    assert (cfg.train.loss_weighting, cfg.train.min_snr_gamma) == ("min_snr", 2.0)
+    with pytest.raises(ConfigError, match=r"train\.min_snr_gamma"):
+        load_config(overrides=["train.min_snr_gamma=0"])

@@ -195,3 +195,24 @@ def test_flops_estimate_counts_linear_layers_and_favours_stdit_for_long_videos(x
 def test_compile_flag_keeps_checkpoint_keys(tiny_model):
     plain, compiled = tiny_model(randomized=False), tiny_model(randomized=False, enable_compile=True)
     assert list(compiled.state_dict()) == list(plain.state_dict())
+
+
+@pytest.mark.parametrize("temporal_pos, frame_order_matters", [("first_block", False), ("input", True)])
+def test_temporal_pos_input_gives_every_block_the_frame_index(tiny_model, temporal_pos, frame_order_matters):
+    # With the temporal attentions switched off, Open-Sora 1.0's placement (block 0's temporal-attention input
+    # only) leaves the model blind to frame order; "input" adds the embedding to the tokens themselves.
+    model = tiny_model(temporal_pos=temporal_pos)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn_temp.proj.weight.zero_()
+            block.attn_temp.proj.bias.zero_()
+        x, t, y = inputs()
+        forward, reversed_back = model(x, t, y), model(x.flip(2), t, y).flip(2)
+    assert model.temporal_pos == temporal_pos
+    assert torch.allclose(forward, reversed_back, atol=1e-5) != frame_order_matters
+
+
+def test_stdit_defaults_to_open_sora_placement_and_dit_refuses_it(tiny_model):
+    assert tiny_model().temporal_pos == "first_block" and tiny_model("DiT-tiny").temporal_pos == "input"
+    with pytest.raises(ValueError, match="temporal_pos"):
+        tiny_model("DiT-tiny", temporal_pos="first_block")
