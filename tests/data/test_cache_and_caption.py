@@ -49,7 +49,8 @@ class StandInText:
 def cfg(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     return load_config(overrides=[f"run_dir={root}", "data.num_videos=20", "data.video_frames=16", "data.val_fraction=0.3",
-                                  "stages.finetune_64f.num_frames=8"])
+                                  "stages.finetune_64f.num_frames=8", "stages.pretrain_256.frame_interval=3",
+                                  "stages.finetune_512.frame_interval=3"])
 
 
 @pytest.fixture(scope="module")
