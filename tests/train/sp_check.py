@@ -1,6 +1,7 @@
 """Run under torchrun (2 gloo ranks): STDiT forward/backward with sequence parallelism vs one process.
 
-Writes {rank: {"out": max |diff|, "grad": max |diff|, "n_grads": count}} to the json path in argv[1].
+Writes {rank: {"out": max |diff|, "grad": max |diff|, "n_grads": count}} to the json path in argv[1]; argv[2]
+(optional) is the model's temporal_pos.
 """
 
 import json
@@ -13,12 +14,12 @@ from opensora_core.models import build_model
 from opensora_core.parallel.sequence import enable_sequence_parallel
 
 
-def main(path: str) -> None:
+def main(path: str, temporal_pos: str | None = None) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
     kw = dict(input_size=(4, 8, 8), in_channels=4, caption_channels=16, model_max_length=8, hidden_size=32,
-              depth=2, num_heads=2, class_dropout_prob=0.0)
+              depth=2, num_heads=2, class_dropout_prob=0.0, temporal_pos=temporal_pos)
     ref = build_model("STDiT-tiny", **kw)
     sp_model = build_model("STDiT-tiny", **kw)
     sp_model.load_state_dict(ref.state_dict())
@@ -49,4 +50,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])
