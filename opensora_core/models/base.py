@@ -166,9 +166,12 @@ class VideoDiffusionTransformer(nn.Module):
         return self._pos_cache[key]
 
     # -- forward ---------------------------------------------------------------------------------------------
-    def forward(self, x, timestep, y, mask=None, force_drop_ids=None):
-        """x [B, C, T, H, W], timestep [B], y [B, 1, N, Cc], mask [B, N] (1 = valid) or None
-        -> [B, C_out, T, H, W] float32 (C_out = 2C with pred_sigma)."""
+    def embed_inputs(self, x, timestep, y, mask=None, force_drop_ids=None):
+        """The part of the forward pass before the blocks (shared with the sequence-parallel forward).
+
+        Returns (h [B, T', S, D] tokens with their position embeddings, t [B, D], t_mlp [B, 6D], y [B, N, D],
+        mask [B', N] or None, tpe: the temporal embedding for block 0's temporal attention or None, grid).
+        """
         dtype = self.dtype or self.x_embedder.proj.weight.dtype
         # Open-Sora casts the timesteps to the model dtype too (part of the released models' function)
         x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
@@ -179,7 +182,6 @@ class VideoDiffusionTransformer(nn.Module):
         h = self.x_embedder(x).unflatten(1, (t_tokens, s_tokens)) + pos[:, None]
         if self.temporal_pos_at_input and not self.no_temporal_pos_emb:
             h = h + pos_t[:, :, None]
-        h = h.flatten(1, 2)  # [B, T'*S, D]
 
         t = self.t_embedder(timestep, dtype=h.dtype)  # [B, D]
         t_mlp = self.t_block(t)  # [B, 6D]
@@ -188,8 +190,16 @@ class VideoDiffusionTransformer(nn.Module):
             mask = mask.reshape(mask.shape[0], -1)
             if mask.shape[0] != y.shape[0]:  # one mask for a doubled (classifier-free guidance) batch
                 mask = mask.repeat(y.shape[0] // mask.shape[0], 1)
-
         tpe = None if (self.no_temporal_pos_emb or self.temporal_pos_at_input) else pos_t
+        return h, t, t_mlp, y, mask, tpe, grid
+
+    def forward(self, x, timestep, y, mask=None, force_drop_ids=None):
+        """x [B, C, T, H, W], timestep [B], y [B, 1, N, Cc], mask [B, N] (1 = valid) or None
+        -> [B, C_out, T, H, W] float32 (C_out = 2C with pred_sigma)."""
+        h, t, t_mlp, y, mask, tpe, grid = self.embed_inputs(x, timestep, y, mask, force_drop_ids)
+        t_tokens, s_tokens = h.shape[1], h.shape[2]
+        h = h.flatten(1, 2)  # [B, T'*S, D]
+
         for i, block in enumerate(self.blocks):
             block_tpe = tpe if i == 0 else None
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():

@@ -113,29 +113,13 @@ def sp_block_forward(block: nn.Module, x, y, t_mlp, mask, tpe, grid, group, sp: 
 def sp_forward(self, x, timestep, y, mask=None, force_drop_ids=None):
     """Drop-in for VideoDiffusionTransformer.forward (same arguments and result) under sequence parallelism."""
     group, sp, rank = self._sp_group, self._sp_size, self._sp_rank
-    dtype = self.dtype or self.x_embedder.proj.weight.dtype
-    x, timestep, y = x.to(dtype), timestep.to(dtype), y.to(dtype)
-    grid = self.token_grid(x.shape[2:])
-    t_tokens, s_tokens = grid[0], grid[1] * grid[2]
+    h, t, t_mlp, y, mask, tpe, grid = self.embed_inputs(x, timestep, y, mask, force_drop_ids)
+    t_tokens, s_tokens = h.shape[1], h.shape[2]
     if t_tokens % sp or s_tokens % sp:
         raise ValueError(f"sequence parallel size {sp} must divide the {t_tokens} frames and {s_tokens} locations")
     t_loc = t_tokens // sp
-
-    pos, pos_t = self.position_embeddings(grid, x.device, dtype)
-    h = self.x_embedder(x).unflatten(1, (t_tokens, s_tokens)) + pos[:, None]
-    if self.temporal_pos_at_input and not self.no_temporal_pos_emb:
-        h = h + pos_t[:, :, None]
     h = h[:, rank * t_loc:(rank + 1) * t_loc].flatten(1, 2)  # this rank's frames [B, T'/sp * S, D]
 
-    t = self.t_embedder(timestep, dtype=h.dtype)
-    t_mlp = self.t_block(t)
-    y = self.y_embedder(y, self.training, force_drop_ids).squeeze(1)
-    if mask is not None:
-        mask = mask.reshape(mask.shape[0], -1)
-        if mask.shape[0] != y.shape[0]:
-            mask = mask.repeat(y.shape[0] // mask.shape[0], 1)
-
-    tpe = None if (self.no_temporal_pos_emb or self.temporal_pos_at_input) else pos_t
     for i, block in enumerate(self.blocks):
         args = (block, h, y, t_mlp, mask, tpe if i == 0 else None, (t_loc, s_tokens), group, sp)
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
