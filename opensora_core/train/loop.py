@@ -17,6 +17,7 @@ import random
 import signal
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,13 +61,12 @@ def _scheduler_state(scheduler) -> dict:
     return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
 
 
-def _git_commit() -> str:
+def _git_commit(project_dir: Path) -> str:
+    """The project's commit (the user's repository, not the installed tool's)."""
     import subprocess
 
-    from opensora_core.config import PROJECT_ROOT
-
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project_dir, capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -180,7 +180,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     model_ref = engine.unwrap(train_model)
     tokens_per_sample = model_ref.num_tokens(latent_size(cfg, stage)) if hasattr(model_ref, "num_tokens") else 0
     global_batch = st.batch_size * dp_size
-    tags = {"engine": tc.engine, "git_commit": _git_commit(), "checkpoint_dir": str(out_dir), "init": init_desc,
+    tags = {"engine": tc.engine, "git_commit": _git_commit(cfg.project_dir), "checkpoint_dir": str(out_dir), "init": init_desc,
             "world_size": env.world_size, "sp_size": sp_size}
     if env.is_main:
         log.info("stage %s: %s, %d params, %d ranks (sp %d), batch %d/rank, lr %g, %s, steps %d -> %d",

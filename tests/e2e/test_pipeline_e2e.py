@@ -1,5 +1,6 @@
-"""End to end, as a user would run it, in a fresh copy of the project with a very small tiny preset:
-the Prefect flow runs every real stage (training through torchrun, 2 ranks) and records them through DVC, so
+"""End to end, as a user would run it: the tool built as a wheel and installed (not editable) beside the
+project, `opensora init` of a fresh project outside this checkout, a very small tiny preset. The Prefect flow
+runs every real stage (training through torchrun, 2 ranks) and records them through DVC, so
 `dvc status` is clean and `dvc repro` has nothing to do afterwards; a changed parameter reruns only what
 depends on it; MLflow's REST API lists the parent run and the stage runs; a precision comparison yields two
 training runs with loss histories. Slow (a few minutes on 2 cores): the stages are real."""
@@ -20,7 +21,9 @@ import pytest
 import yaml
 
 from opensora_core import stages
-from opensora_core.config import PROJECT_ROOT, load_config
+from opensora_core.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -49,33 +52,50 @@ def sh(cmd: list[str], root: Path, env: dict, check: bool = True, timeout: int =
     return out
 
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    """A fresh git + DVC checkout of the project's code with small parameters; commands import from it."""
-    root = tmp_path_factory.mktemp("clone")
+def _build_wheel(tmp: Path) -> Path:
+    """A wheel of the tool, built from a copy of its sources (the build writes build/ and egg-info beside them)."""
+    src = tmp / "src"
     for name in ("opensora_core", "flows"):
-        shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], tmp, dict(os.environ))
+    return next((tmp / "dist").glob("opensora_flow-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """The wheel installed non-editable into its own folder (the venv supplies the dependencies): `opensora`
+    there imports the installed package, not this checkout (PYTHONPATH comes before the editable install)."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    site = tmp / "site"
+    sh([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(_build_wheel(tmp))], tmp, dict(os.environ))
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PYTHONPATH": str(site), "PATH": f"{site / 'bin'}:{bindir}:{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    for var in ("OPENSORA_PARENT_RUN_ID", "PREFECT_API_URL", "OPENSORA_RUN_TAGS", "MLFLOW_TRACKING_URI", "PREFECT_HOME",
+                "PREFECT_API_DATABASE_CONNECTION_URL", "OPENSORA_PROJECT"):
+        env.pop(var, None)
+    return site, env
+
+
+@pytest.fixture(scope="module")
+def clone(installed, tmp_path_factory):
+    """A project made by `opensora init` in a folder outside this checkout, with small parameters, committed."""
+    site, env = installed
+    root = tmp_path_factory.mktemp("project") / "my-video-model"
+    sh([str(site / "bin" / "opensora"), "init", str(root)], root.parent, env)
+    params = yaml.safe_load((root / "params.yaml").read_text())
     _merge(params["presets"]["tiny"], SMALL)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bindir}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PREFECT_HOME": str(root / ".prefect"),
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / '.prefect' / 'prefect.db'}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for var in ("OPENSORA_PARENT_RUN_ID", "PREFECT_API_URL", "OPENSORA_RUN_TAGS"):
-        env.pop(var, None)
-    sh(["git", "init", "-q"], root, env)
-    sh([sys.executable, "-m", "dvc", "init", "-q"], root, env)
     sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-q", "-m", "fresh clone"], root, env)
+    sh(["git", "commit", "-q", "-m", "a new opensora-flow project"], root, env)
     return root, env
 
 
 def opensora(args: list[str], root: Path, env: dict, **kw) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "opensora_core.cli.main_module", *args], root, env, **kw)
+    """The installed `opensora` console script (it runs on the venv's python, importing the wheel's package)."""
+    return sh([shutil.which("opensora", path=env["PATH"]), *args], root, env, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +148,7 @@ def _free_port() -> int:
 def test_mlflow_rest_api_lists_the_parent_and_its_stage_runs_with_metrics(clone, flow_run):
     root, env = clone
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", env["MLFLOW_TRACKING_URI"],
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -164,7 +184,7 @@ def test_precision_comparison_yields_two_runs_with_loss_histories(clone, flow_ru
 
     root, env = clone
     opensora(["pipeline", "compare", "precision", "--stage", "pretrain_256", "--steps", "2"], root, env)
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("opensora-flow-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.comparison = 'precision' and tags.stage = 'pretrain_256'")
     train_runs = [r for r in runs if r.data.tags.get("pipeline") != "precision-comparison"]
@@ -181,7 +201,7 @@ def test_dvc_experiment_with_fp16_retrains_from_the_changed_parameter(clone, flo
     out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.dtype=fp16", "train@pretrain_256"], root, env)
     ran = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["train@pretrain_256"], out.stdout
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("opensora-flow-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'pretrain_256' and tags.dtype = 'fp16'")
     assert [r for r in runs if "comparison" not in r.data.tags]  # not the precision comparison's fp16 run
