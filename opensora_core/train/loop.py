@@ -72,6 +72,21 @@ def _git_commit(project_dir: Path) -> str:
         return "unknown"
 
 
+def _dataset_lineage(cfg: Config, stage: str, out_dir: Path, is_main: bool):
+    """(clip list, summary) of what trains this stage (opensora_core.data.lineage); rank 0 writes the list beside
+    the checkpoints. (None, None) when the stage trains without a manifest (hand-made caches in tests)."""
+    from opensora_core.data import lineage
+
+    try:
+        clips = lineage.training_clips(cfg, stage)
+    except (FileNotFoundError, KeyError) as e:
+        log.warning("no dataset lineage for %s: %s", stage, e)
+        return None, None
+    if is_main:
+        lineage.write_clips(clips, out_dir)
+    return clips, lineage.describe(cfg, stage, clips)
+
+
 @contextlib.contextmanager
 def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: dict):
     """Rank 0's MLflow run (None elsewhere or when disabled); resumed jobs log into their previous run.
@@ -187,11 +202,13 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                  stage, init_desc, sum(p.numel() for p in model.parameters()), env.world_size, sp_size,
                  st.batch_size, lr, tc.dtype, step, st.max_steps)
 
+    clips, dataset = _dataset_lineage(cfg, stage, out_dir, env.is_main)
+
     def save(step_now: int, run_id: str | None) -> None:
         state = ckpt.TrainState(
             step=step_now, epoch=epoch, sampler=data.sampler.state_dict(consumed=batches_in_epoch * st.batch_size), scaler=scaler.state_dict(),
             scheduler=_scheduler_state(scheduler), nan_guard=guard.state_dict(), mlflow_run_id=run_id,
-            config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc})
+            config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc, "dataset": dataset})
         # collective for every engine (ColossalAI gathers optimizer shards and writes its files first)
         optimizer_state = engine.save_state(out_dir, ckpt.step_dir_name(step_now), train_model, optimizer)
         path = ckpt.save_checkpoint(out_dir, state, model_ref.state_dict(), ema.state_dict(),
@@ -202,6 +219,10 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
 
     with _tracking(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as mlflow:
         run_id = mlflow.active_run().info.run_id if mlflow else (meta.mlflow_run_id if meta else None)
+        if mlflow and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
+            from opensora_core.data import lineage
+
+            lineage.log_input(mlflow, clips, dataset)
         metrics = MetricsLog(out_dir, mlflow, resume_step=step) if env.is_main else None
         t_start, last_loss = time.perf_counter(), float("nan")
         train_model.train()
