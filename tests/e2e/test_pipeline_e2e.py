@@ -181,6 +181,7 @@ def test_dvc_exp_run_temp_retrains_in_a_copy_and_tracks_into_the_projects_mlflow
     assert "fp16-temp" in set(_experiments(root, env)["Experiment"].dropna())
 
 
+@pytest.mark.timeout(1500)  # two experiments, each retraining three stages and evaluating
 def test_a_queued_lr_sweep_lists_both_experiments_with_their_evaluation_metrics(committed):
     root, env = committed
     for lr in ("1e-4", "2e-5"):
