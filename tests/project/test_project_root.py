@@ -28,6 +28,7 @@ def opensora(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.
 def proj(tmp_path, monkeypatch):
     """A project made by `opensora init` (in-process), with a subfolder; cwd is the subfolder."""
     monkeypatch.delenv(project.PROJECT_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the config's own URI, not an earlier test's
     root = tmp_path / "my-video-model"
     project.init_project(root)
     (root / "notebooks" / "deep").mkdir(parents=True)
