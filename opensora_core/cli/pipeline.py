@@ -7,6 +7,7 @@
     opensora pipeline compare precision|lr --stage pretrain_256
     opensora pipeline server                      local Prefect server on 127.0.0.1 (SQLite under .prefect/)
     opensora pipeline serve                       serve the deployments (progressive-training/tiny, ...)
+    opensora pipeline pool gpu | deploy --pool gpu | worker --pool gpu     the work-pool route (flows/pool.py)
 """
 
 from __future__ import annotations
@@ -155,6 +156,61 @@ def serve_cmd(
     from flows.serve import serve_all
 
     serve_all(name)
+
+
+@pipeline_app.command("pool")
+def pool_cmd(
+    name: str = typer.Argument("gpu", help="work pool name"),
+    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+) -> None:
+    """Create a `process` work pool on the Prefect server (idempotent). Then `opensora pipeline deploy --pool NAME`."""
+    import os
+
+    os.environ["PREFECT_API_URL"] = api_url
+    _quiet_prefect()
+    from flows.pool import create_process_pool
+
+    made = create_process_pool(name)
+    typer.echo(f"work pool {name!r} {'created' if made else 'exists'} (type process) at {api_url}")
+
+
+@pipeline_app.command("deploy")
+def deploy_cmd(
+    pool: str = typer.Option("gpu", "--pool", help="work pool (see `opensora pipeline pool`)"),
+    name: str = typer.Option(None, "--name", help="deployment name (default: the project folder's name)"),
+    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+) -> None:
+    """Deploy progressive-training/<name> and the comparison flows to a work pool, from this project."""
+    import os
+
+    from opensora_core import project
+
+    root = project.find_root()
+    if root is None:
+        fail(project.NOT_FOUND)
+    os.environ["PREFECT_API_URL"] = api_url
+    _quiet_prefect()
+    from flows.pool import ENTRYPOINTS, deploy_to_pool
+
+    name = name or root.name
+    deploy_to_pool(pool, name, root)
+    for flow_name in ENTRYPOINTS:
+        typer.echo(f"deployed {flow_name}/{name} -> pool {pool!r} (working directory {root})")
+    typer.echo(f"next: opensora pipeline worker --pool {pool}   then: prefect deployment run progressive-training/{name}")
+
+
+@pipeline_app.command("worker")
+def worker_cmd(
+    pool: str = typer.Option("gpu", "--pool", help="work pool to pull flow runs from"),
+    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+) -> None:
+    """Start a Prefect worker for the pool on this machine (each flow run in a subprocess, in the project)."""
+    import os
+
+    os.environ["PREFECT_API_URL"] = api_url
+    exe = str(Path(sys.executable).parent / "prefect")
+    typer.echo(f"prefect worker for pool {pool!r} at {api_url}")
+    os.execv(exe, [exe, "worker", "start", "--pool", pool, "--type", "process"])
 
 
 def _print_rows(rows) -> None:

@@ -1,6 +1,7 @@
-"""The deployment route, as the docs describe it: a real Prefect server on 127.0.0.1 (SQLite in a tmp
-PREFECT_HOME), `opensora pipeline serve`, then `prefect deployment run progressive-training/tiny --watch`
-reaches Completed. The run is kept small: only the prepare stage, 4 clips, in a tmp run directory."""
+"""The deployment routes, as the docs describe them, against a real Prefect server on 127.0.0.1 (SQLite in a tmp
+PREFECT_HOME): `opensora pipeline serve`, and the work-pool route (`opensora pipeline pool / deploy / worker`
+from a project made by `opensora init`); `prefect deployment run progressive-training/<name> --watch` reaches
+Completed. The runs are kept small: the data stages only, 4 clips."""
 
 from __future__ import annotations
 
@@ -37,37 +38,83 @@ def _wait_for(url: str, seconds: float) -> None:
     raise TimeoutError(url)
 
 
-def test_deployment_run_against_a_local_server_reaches_completed(tmp_path):
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A Prefect server on a free port; yields (api url, environment for clients)."""
+    tmp = tmp_path_factory.mktemp("prefect")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect' / 'prefect.db'}",
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect' / 'prefect.db'}",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
     env.pop("OPENSORA_PARENT_RUN_ID", None)
-    procs = []
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_for(f"{api}/health", 240)
-        procs.append(subprocess.Popen([sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "serve", "--api-url", api],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        yield api, env
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _run_deployment(name: str, params: dict, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`prefect deployment run NAME --watch`, retried until the deployment exists (serve registers it lazily)."""
+    deadline = time.monotonic() + 240
+    while True:
+        out = subprocess.run([str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params),
+                              "--watch", "--watch-timeout", "400"], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+        if "not found" not in (out.stdout + out.stderr).lower() or time.monotonic() > deadline:
+            return out
+        time.sleep(2)
+
+
+def test_deployment_run_against_a_local_server_reaches_completed(server, tmp_path):
+    api, env = server
+    serve = subprocess.Popen([sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "serve", "--api-url", api],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
         params = {"stages_to_run": ["prepare_data"], "overrides": [f"run_dir={tmp_path / 'run'}", "data.num_videos=4"]}
-        deadline = time.monotonic() + 240
-        while True:  # the deployment exists once `serve` has registered it
-            out = subprocess.run([str(BIN / "prefect"), "deployment", "run", "progressive-training/tiny", "--params",
-                                  json.dumps(params), "--watch", "--watch-timeout", "400"],
-                                 env=env, capture_output=True, text=True, timeout=600)
-            if "not found" not in (out.stdout + out.stderr).lower() or time.monotonic() > deadline:
-                break
-            time.sleep(2)
+        out = _run_deployment("progressive-training/tiny", params, env)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "Completed" in out.stdout, out.stdout
         assert (tmp_path / "run" / "data" / "raw" / "manifest.csv").exists()
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(serve)
+
+
+def test_work_pool_route_runs_a_deployment_of_the_project_to_completed(server, tmp_path):
+    api, env = server
+    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}  # the project's own MLflow store
+    project = tmp_path / "my-video-model"
+
+    def opensora(*args: str, cwd: Path = project) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", *args], cwd=cwd, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return out
+
+    opensora("init", str(project), cwd=tmp_path)
+    assert "created" in opensora("pipeline", "pool", "gpu").stdout
+    assert "exists" in opensora("pipeline", "pool", "gpu").stdout  # idempotent
+    assert "progressive-training/my-video-model" in opensora("pipeline", "deploy", "--pool", "gpu").stdout
+    # the worker starts elsewhere: the flow run's working directory comes from the deployment (the project)
+    (tmp_path / "node").mkdir()
+    worker = subprocess.Popen([sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "worker", "--pool", "gpu"],
+                              cwd=tmp_path / "node", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        params = {"stages_to_run": ["prepare_data", "caption"], "overrides": ["data.num_videos=4"]}
+        out = _run_deployment("progressive-training/my-video-model", params, env, cwd=tmp_path / "node")
+        assert out.returncode == 0 and "Completed" in out.stdout, out.stdout + out.stderr
+        assert (project / "runs" / "tiny" / "data" / "manifest.csv").is_file()
+        assert (project / "mlflow.db").is_file() and not list((tmp_path / "node").iterdir())
+    finally:
+        _stop(worker)
