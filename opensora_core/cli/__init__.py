@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+import sys
+import traceback
 
 import typer
+
+from opensora_core import remote
 
 app = typer.Typer(
     name="opensora",
@@ -27,6 +32,21 @@ for _area in _AREAS:
     _module.register(app)
 
 
+@app.callback()
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                          help="tracebacks of remote failures too (same as OPENSORA_DEBUG=1)")) -> None:
+    if verbose:
+        os.environ[remote.DEBUG_ENV] = "1"  # in the environment: stage subprocesses inherit it
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    app()
+    for name in ("botocore.credentials", "aiobotocore.credentials"):  # "Found credentials in ...": noise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        app()
+    except remote.RemoteError as e:  # S3 down or credentials refused: one line naming operation and endpoint
+        if remote.debug_enabled():
+            traceback.print_exc()
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(remote.EXIT_CODE)
