@@ -121,3 +121,53 @@ def remote_operation(operation: str, target: str, endpoint: str | None = None) -
         if err is e:
             raise
         raise err from e
+
+
+# ------------------------------------------------------------------------------------------------ DVC remotes
+
+# DVC's own words for the two failures, as its S3 plugin (dvc-s3 / s3fs / botocore) prints them
+_DVC_CREDENTIALS = ("403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+                    "Unable to locate credentials", "ExpiredToken")
+_DVC_CONNECT = ("Could not connect", "EndpointConnectionError", "Connection refused", "Connect timeout",
+                "timed out", "Name or service not known", "Cannot connect")
+
+
+def dvc_remote(remote: str | None = None, cwd: str | None = None) -> tuple[str, str, str]:
+    """(name, url, endpoint) of a DVC remote of the repository at `cwd` (the default remote if None)."""
+    from dvc.repo import Repo
+
+    with Repo(cwd or ".") as repo:
+        conf = repo.config
+        name = remote or conf["core"].get("remote")
+        if not name or name not in conf["remote"]:
+            raise RemoteError("dvc", f"remote {name or '(no default)'}", "(not configured)",
+                              "no such DVC remote: add one with `dvc remote add -d <name> s3://bucket/path`")
+        section = conf["remote"][name]
+        return name, str(section.get("url", "")), str(section.get("endpointurl") or s3_endpoint())
+
+
+def dvc_sync(command: str, remote: str | None = None, targets: list[str] | None = None, cwd: str | None = None) -> str:
+    """Run `dvc push` / `dvc pull` and return its output; on failure raise a RemoteError naming the command, the
+    remote and its endpoint (DVC's own output is in the traceback with --verbose / OPENSORA_DEBUG=1)."""
+    import subprocess
+    import sys
+
+    if command not in ("push", "pull"):
+        raise ValueError(f"dvc_sync: push or pull, not {command!r}")
+    args = [sys.executable, "-m", "dvc", command, *(["-r", remote] if remote else []), *(targets or [])]
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if out.returncode == 0:
+        return out.stdout
+    text = out.stdout + out.stderr
+    name, url, endpoint = dvc_remote(remote, cwd)
+    errors = [line.removeprefix("ERROR: ").strip() for line in text.splitlines() if line.startswith("ERROR")]
+    if any(w in text for w in _DVC_CREDENTIALS):
+        reason = "credentials refused"
+    elif any(w in text for w in _DVC_CONNECT):
+        reason = "cannot connect"
+    else:
+        reason = "failed"
+    detail = _mask_secrets(errors[-1] if errors else text.strip().splitlines()[-1] if text.strip() else f"exit {out.returncode}")
+    err = RemoteError(f"dvc {command}", f"remote {name!r} ({url})", endpoint, f"{reason} ({detail[:200]})")
+    err.__cause__ = RuntimeError(_mask_secrets(text))  # what --verbose shows
+    raise err

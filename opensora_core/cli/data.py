@@ -184,5 +184,22 @@ def register(app: typer.Typer) -> None:
         except (FileNotFoundError, ManifestError) as e:
             fail(str(e))
 
+    def _sync(command: str, remote: str | None, targets: list[str] | None) -> None:
+        from opensora_core.remote import dvc_sync
+
+        typer.echo(dvc_sync(command, remote, targets).rstrip())
+
+    @group.command("push")
+    def push_cmd(targets: list[str] = typer.Argument(None, help="DVC targets (default: everything tracked)"),
+                 remote: str = typer.Option(None, "--remote", "-r", help="DVC remote (default: the default remote)")) -> None:
+        """`dvc push` with a one-line error naming the remote and its endpoint when it is down or refuses."""
+        _sync("push", remote, targets)
+
+    @group.command("pull")
+    def pull_cmd(targets: list[str] = typer.Argument(None, help="DVC targets (default: everything tracked)"),
+                 remote: str = typer.Option(None, "--remote", "-r", help="DVC remote (default: the default remote)")) -> None:
+        """`dvc pull` with a one-line error naming the remote and its endpoint when it is down or refuses."""
+        _sync("pull", remote, targets)
+
     app.add_typer(group, name="data")
 
