@@ -21,7 +21,7 @@ import pytest
 
 from opensora_core.remote import EXIT_CODE, RemoteError
 
-from conftest import FAKE_AWS, free_port, moto_server
+from fault_servers import FAKE_AWS, free_port, moto_server
 
 BUCKET = "videos"
 
