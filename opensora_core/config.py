@@ -88,8 +88,11 @@ class SyntheticVocabConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    source: Literal["synthetic", "ingest"] = "synthetic"
+    # synthetic: rendered clips; ingest: every video under src (a folder or s3:// prefix); csv: a captions CSV
+    # in Open-Sora 1.0's format (path,text[,num_frames,fps,height,width]) at src, see data/csv_source.py
+    source: Literal["synthetic", "ingest", "csv"] = "synthetic"
     src: str | None = None
+    scene_split: bool | None = None  # cut files at scene changes; null: yes for ingest, no for csv
     captioner: Literal["synthetic", "llava", "existing"] = "synthetic"
     llava_model: str = "llava-hf/llava-1.5-7b-hf"
     num_videos: int = Field(0, ge=0)
@@ -107,6 +110,11 @@ class DataConfig(_Strict):
             raise ValueError("synthetic data needs num_videos, video_frames and video_size > 0")
         if self.source == "ingest" and not self.src:
             raise ValueError("ingest needs src (a local folder or s3://bucket/prefix)")
+        if self.source == "csv" and not self.src:
+            raise ValueError("source csv needs src (a captions CSV with columns path,text)")
+        if self.source == "csv" and self.captioner == "synthetic":
+            raise ValueError("captioner synthetic reads the ground truth of synthetic clips; a csv source keeps its "
+                             "captions with captioner: existing (or recaptions them with llava)")
         if self.min_duration > self.max_duration:
             raise ValueError(f"min_duration {self.min_duration} > max_duration {self.max_duration}")
         return self

@@ -38,7 +38,8 @@ LineCallback = Callable[[str], None]
 # as `params` (under `presets.${preset}.`), so a changed parameter reruns the same stages through either door.
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "data.source", "data.src", "data.num_videos", "data.video_frames", "data.video_size",
-                "data.min_duration", "data.max_duration", "data.min_resolution", "data.synthetic"),
+                "data.min_duration", "data.max_duration", "data.min_resolution", "data.synthetic",
+                "data.scene_split"),
     "caption": ("seed", "data.captioner", "data.llava_model", "data.val_fraction"),
     "encoders": ("seed", "vae", "text_encoder"),
     "cache": ("train.use_latent_cache", "stages.{s}.num_frames", "stages.{s}.frame_interval", "stages.{s}.image_size"),

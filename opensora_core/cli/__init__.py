@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
+import traceback
 from pathlib import Path
 
 import typer
 
+from opensora_core import remote
 from opensora_core.project import PROJECT_ENV
 
 app = typer.Typer(
@@ -20,7 +23,7 @@ app = typer.Typer(
 )
 
 # Order = order in `opensora --help`.
-_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench")
+_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench", "tracking_cmd")
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"opensora_core.cli.{_area}")
@@ -32,14 +35,26 @@ for _area in _AREAS:
 
 
 @app.callback()
-def _project_option(
+def _options(
     project: Path = typer.Option(None, "--project", help="the project folder (default: the nearest folder from here "
                                  "upward holding params.yaml)", envvar=PROJECT_ENV, show_envvar=True),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="tracebacks of remote failures too (same as OPENSORA_DEBUG=1)"),
 ) -> None:
-    if project is not None:  # in the environment, so every subprocess (DVC, torchrun ranks, Prefect) agrees
+    # both go into the environment, so every subprocess (DVC, torchrun ranks, Prefect) agrees
+    if project is not None:
         os.environ[PROJECT_ENV] = str(project.expanduser().resolve())
+    if verbose:
+        os.environ[remote.DEBUG_ENV] = "1"
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    app()
+    for name in ("botocore.credentials", "aiobotocore.credentials"):  # "Found credentials in ...": noise
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        app()
+    except remote.RemoteError as e:  # S3 down or credentials refused: one line naming operation and endpoint
+        if remote.debug_enabled():
+            traceback.print_exc()
+        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+        sys.exit(remote.EXIT_CODE)

@@ -88,7 +88,8 @@ def register(app: typer.Typer) -> None:
 
     @group.command("ingest")
     def ingest_cmd(
-        src: str = typer.Argument(..., help="local folder or s3://bucket/prefix (AWS credentials/endpoint from the environment)"),
+        src: str = typer.Argument(..., help="local folder or s3://bucket/prefix (AWS credentials/endpoint from the "
+                                  "environment), or a captions CSV (path,text) whose captions are kept"),
         out: Path = typer.Option(None, "--out", help="output folder (default: the run's data/raw)"),
         overrides: list[str] = OverridesArgument,
         min_duration: float = typer.Option(None, help="shortest clip kept, s (default: data.min_duration)"),
@@ -96,21 +97,28 @@ def register(app: typer.Typer) -> None:
         min_resolution: int = typer.Option(None, help="smallest short side kept, px (default: data.min_resolution)"),
         max_aspect: float = typer.Option(3.0, help="widest aspect ratio kept"),
         workers: int = typer.Option(2, help="files processed at once"),
+        scene_split: bool = typer.Option(None, "--scene-split/--no-scene-split",
+                                         help="cut files at scene changes (default: yes for a folder, no for a CSV)"),
         params: Path = ParamsOption,
         preset: str = PresetOption,
     ) -> None:
         """Probe, de-duplicate and scene-split videos into DIR/manifest.csv (clip ranges) and DIR/rejects.csv."""
+        from opensora_core.data.csv_source import ingest_csv
         from opensora_core.data.ingest import ingest
+        from opensora_core.data.manifest import ManifestError
 
         cfg = load_cli_config(params, preset, overrides)
         d = cfg.data
         out = out or cfg.paths.raw_dir
+        is_csv = src.lower().endswith(".csv")
+        kwargs = dict(min_duration=d.min_duration if min_duration is None else min_duration,
+                      max_duration=max_duration or d.max_duration,
+                      min_resolution=d.min_resolution if min_resolution is None else min_resolution,
+                      max_aspect=max_aspect, workers=workers,
+                      scene_split=(not is_csv) if scene_split is None else scene_split)
         try:
-            s = ingest(src, out, min_duration=d.min_duration if min_duration is None else min_duration,
-                       max_duration=max_duration or d.max_duration,
-                       min_resolution=d.min_resolution if min_resolution is None else min_resolution,
-                       max_aspect=max_aspect, workers=workers)
-        except FileNotFoundError as e:
+            s = ingest_csv(src, out, **kwargs) if is_csv else ingest(src, out, **kwargs)
+        except (FileNotFoundError, ManifestError) as e:
             fail(str(e))
         typer.echo(f"{s['clips']} clips from {s['files']} files ({s['processed']} processed this run); "
                    f"{s['rejected']} rejected ({s['rejected_files']} files), see {Path(out) / 'rejects.csv'}")
@@ -165,10 +173,33 @@ def register(app: typer.Typer) -> None:
 
     @group.command("prepare")
     def prepare_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOption, preset: str = PresetOption) -> None:
-        """The prepare stage: synthetic clips or an ingest of data.src into the run's data/raw (idempotent)."""
+        """The prepare stage: synthetic clips, an ingest of data.src or its captions CSV into the run's data/raw
+        (idempotent)."""
+        from opensora_core.data.manifest import ManifestError
         from opensora_core.data.stages import prepare_data
 
-        typer.echo(f"wrote {prepare_data(load_cli_config(params, preset, overrides))}")
+        cfg = load_cli_config(params, preset, overrides)
+        try:
+            typer.echo(f"wrote {prepare_data(cfg)}")
+        except (FileNotFoundError, ManifestError) as e:
+            fail(str(e))
+
+    def _sync(command: str, remote: str | None, targets: list[str] | None) -> None:
+        from opensora_core.remote import dvc_sync
+
+        typer.echo(dvc_sync(command, remote, targets).rstrip())
+
+    @group.command("push")
+    def push_cmd(targets: list[str] = typer.Argument(None, help="DVC targets (default: everything tracked)"),
+                 remote: str = typer.Option(None, "--remote", "-r", help="DVC remote (default: the default remote)")) -> None:
+        """`dvc push` with a one-line error naming the remote and its endpoint when it is down or refuses."""
+        _sync("push", remote, targets)
+
+    @group.command("pull")
+    def pull_cmd(targets: list[str] = typer.Argument(None, help="DVC targets (default: everything tracked)"),
+                 remote: str = typer.Option(None, "--remote", "-r", help="DVC remote (default: the default remote)")) -> None:
+        """`dvc pull` with a one-line error naming the remote and its endpoint when it is down or refuses."""
+        _sync("pull", remote, targets)
 
     app.add_typer(group, name="data")
 

@@ -58,6 +58,7 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
 
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.data.manifest import read_manifest
+    from opensora_core.remote import remote_operation
 
     st = cfg.stage(stage)
     manifest = Path(manifest or cfg.paths.manifest)
@@ -86,23 +87,25 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
                              "num_frames": st.num_frames, "frame_interval": st.frame_interval,
                              "image_size": st.image_size, "splits": {}}
     t0, total = time.perf_counter(), 0
-    for split in splits:
-        ds = VideoDataset(df, st.num_frames, st.frame_interval, st.image_size, split=split if "split" in df.columns else None)
-        entry = {"shards": [], "count": 0, "texts": [], "rows": []}
-        bar = tqdm(total=len(ds), desc=f"cache {stage}/{split}", unit="clip", disable=not progress)
-        for shard_start in range(0, len(ds), shard_size):
-            tensors, texts = encode_shard(ds, range(shard_start, min(shard_start + shard_size, len(ds))), vae,
-                                          text_encoder, batch_size, on_batch=bar.update)
-            rows = tensors["index"].tolist()
-            entry["texts"] += texts
-            name = f"{split}-{len(entry['shards']):05d}.safetensors"
-            save_file(tensors, str(tmp / name))
-            entry["shards"].append({"file": name, "count": len(rows)})
-            entry["rows"] += rows
-            entry["count"] += len(rows)
-        bar.close()
-        index["splits"][split] = entry
-        total += entry["count"]
+    # S3 down or credentials refused: one line naming the clip and the endpoint; the temp dir is never published
+    with remote_operation("cache", f"encoding the clips of {manifest}"):
+        for split in splits:
+            ds = VideoDataset(df, st.num_frames, st.frame_interval, st.image_size, split=split if "split" in df.columns else None)
+            entry = {"shards": [], "count": 0, "texts": [], "rows": []}
+            bar = tqdm(total=len(ds), desc=f"cache {stage}/{split}", unit="clip", disable=not progress)
+            for shard_start in range(0, len(ds), shard_size):
+                tensors, texts = encode_shard(ds, range(shard_start, min(shard_start + shard_size, len(ds))), vae,
+                                              text_encoder, batch_size, on_batch=bar.update)
+                rows = tensors["index"].tolist()
+                entry["texts"] += texts
+                name = f"{split}-{len(entry['shards']):05d}.safetensors"
+                save_file(tensors, str(tmp / name))
+                entry["shards"].append({"file": name, "count": len(rows)})
+                entry["rows"] += rows
+                entry["count"] += len(rows)
+            bar.close()
+            index["splits"][split] = entry
+            total += entry["count"]
     publish_cache(tmp, out, index, total, t0)
     return out
 

@@ -83,6 +83,7 @@ def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captione
     from tqdm import tqdm
 
     from opensora_core.data.manifest import assign_split, read_manifest, write_manifest
+    from opensora_core.remote import remote_operation
 
     df = read_manifest(manifest_in)
     out = Path(manifest_out)
@@ -103,7 +104,9 @@ def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captione
     with ckpt.open("a") as f, tqdm(total=len(todo), desc=f"caption ({captioner.name})", unit="clip", disable=not progress) as bar:
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]
-            texts = captioner.caption(batch)
+            # S3 down mid-way: one line; the batches already in the checkpoint are kept for the rerun
+            with remote_operation("caption", f"reading {batch[0]['path']}" + (f" (+{len(batch) - 1} clips)" if len(batch) > 1 else "")):
+                texts = captioner.caption(batch)
             if len(texts) != len(batch):
                 raise RuntimeError(f"captioner {captioner.name} returned {len(texts)} captions for {len(batch)} clips")
             for r, t in zip(batch, texts):

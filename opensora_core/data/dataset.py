@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from opensora_core.data.manifest import is_remote, read_manifest, validate_manifest
+from opensora_core.remote import as_remote_error
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -132,6 +133,10 @@ class VideoDataset:
             try:
                 return self.load(i)
             except Exception as e:  # noqa: BLE001 - any decoder failure: skip the clip, keep training
+                path = str(self.df.iloc[i]["path"])
+                remote = as_remote_error(e, f"reading {path}") if is_remote(path) else None
+                if remote is not None:  # the store is down, not the clip: skipping would drop every clip
+                    raise remote from e
                 self.num_errors += 1
                 log.warning("skipping unreadable clip %s (%s: %s); %d skipped so far", self.df.iloc[i]["path"],
                             type(e).__name__, e, self.num_errors)

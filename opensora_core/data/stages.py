@@ -30,8 +30,14 @@ def prepare_data(cfg, progress: bool = True) -> Path:
         want = {"source": "synthetic", "num": d.num_videos, "frames": d.video_frames, "size": d.video_size, "seed": cfg.seed,
                 "vocabulary": d.synthetic.model_dump()}
     else:
-        want = {"source": "ingest", "src": d.src, "min_duration": d.min_duration, "max_duration": d.max_duration,
-                "min_resolution": d.min_resolution}
+        want = {"source": d.source, "src": source_path(cfg), "min_duration": d.min_duration, "max_duration": d.max_duration,
+                "min_resolution": d.min_resolution, "scene_split": scene_split(cfg)}
+        if d.source == "csv":  # the captions live in the CSV: an edited caption must re-run prepare
+            from opensora_core.data.csv_source import csv_digest
+
+            want["csv_sha256"] = csv_digest(want["src"])
+        elif d.scene_split is None:
+            del want["scene_split"]  # the stamp of an ingest made before the option existed stays valid
     stamp = paths.raw_dir / "prepare.json"
     if _stamp_ok(stamp, want, paths.raw_manifest):
         log.info("prepare: %s is up to date", paths.raw_manifest)
@@ -41,13 +47,28 @@ def prepare_data(cfg, progress: bool = True) -> Path:
 
         generate_synthetic(paths.raw_dir, d.num_videos, d.video_frames, d.video_size, seed=cfg.seed, progress=progress,
                            vocab=Vocabulary.from_config(d.synthetic))
+    elif d.source == "csv":
+        from opensora_core.data.csv_source import ingest_csv
+
+        ingest_csv(source_path(cfg), paths.raw_dir, min_duration=d.min_duration, max_duration=d.max_duration,
+                   min_resolution=d.min_resolution, scene_split=scene_split(cfg), progress=progress)
     else:
         from opensora_core.data.ingest import ingest
 
-        ingest(d.src if project.is_remote(d.src) else cfg.resolve_path(d.src), paths.raw_dir, min_duration=d.min_duration, max_duration=d.max_duration,
-               min_resolution=d.min_resolution, progress=progress)
+        ingest(source_path(cfg), paths.raw_dir, min_duration=d.min_duration, max_duration=d.max_duration,
+               min_resolution=d.min_resolution, scene_split=scene_split(cfg), progress=progress)
     stamp.write_text(json.dumps(want))
     return paths.raw_manifest
+
+
+def source_path(cfg) -> str:
+    """data.src as the prepare stage reads it: s3:// as it is, a local path taken from the project root."""
+    return cfg.data.src if project.is_remote(cfg.data.src) else str(cfg.resolve_path(cfg.data.src))
+
+
+def scene_split(cfg) -> bool:
+    """data.scene_split, or the source's default: ingested files are cut at scene changes, CSV rows are clips."""
+    return cfg.data.scene_split if cfg.data.scene_split is not None else cfg.data.source != "csv"
 
 
 def caption_data(cfg, captioner=None, progress: bool = True) -> Path:

@@ -87,10 +87,23 @@ def _dataset_lineage(cfg: Config, stage: str, out_dir: Path, is_main: bool):
     return clips, lineage.describe(cfg, stage, clips)
 
 
+def _log_dataset(clips, dataset: dict) -> None:
+    """mlflow.log_input into the active run; a tracking server that fails here costs the Dataset column only."""
+    import mlflow
+
+    from opensora_core.data import lineage
+
+    try:
+        lineage.log_input(mlflow, clips, dataset)
+    except Exception as e:  # noqa: BLE001 - tracking must not stop training (see tracking.BufferedRun)
+        log.warning("could not log the dataset to MLflow: %s", e)
+
+
 @contextlib.contextmanager
 def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: dict):
-    """Rank 0's MLflow run (None elsewhere or when disabled); resumed jobs log into their previous run.
-    A run that dies is ended FAILED (KILLED for SIGTERM) with a `failure_reason` tag."""
+    """Rank 0's MLflow run as a tracking.BufferedRun (None elsewhere or when disabled): a tracking server that
+    goes down never stops training. Resumed jobs log into their previous run. A run that dies is ended FAILED
+    (KILLED for SIGTERM) with a `failure_reason` tag."""
     if not enabled:
         yield None
         return
@@ -109,11 +122,12 @@ def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: 
                 os.environ[tracking.RUN_ENV] = previous
         import mlflow
 
+        tracker = tracking.BufferedRun(mlflow.active_run().info.run_id, cfg.paths.ckpt_dir(stage))
         try:
-            yield mlflow
+            yield tracker
         except BaseException as e:
-            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:4000])
-            mlflow.end_run(status="KILLED" if isinstance(e, (Terminated, KeyboardInterrupt)) else "FAILED")
+            tracker.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:4000])
+            tracker.end(status="KILLED" if isinstance(e, (Terminated, KeyboardInterrupt)) else "FAILED")
             raise
 
 
@@ -217,13 +231,11 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
         if env.is_main:
             log.info("saved checkpoint %s", path)
 
-    with _tracking(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as mlflow:
-        run_id = mlflow.active_run().info.run_id if mlflow else (meta.mlflow_run_id if meta else None)
-        if mlflow and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
-            from opensora_core.data import lineage
-
-            lineage.log_input(mlflow, clips, dataset)
-        metrics = MetricsLog(out_dir, mlflow, resume_step=step) if env.is_main else None
+    with _tracking(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as tracker:
+        run_id = tracker.run_id if tracker else (meta.mlflow_run_id if meta else None)
+        if tracker and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
+            _log_dataset(clips, dataset)
+        metrics = MetricsLog(out_dir, tracker, resume_step=step) if env.is_main else None
         t_start, last_loss = time.perf_counter(), float("nan")
         train_model.train()
         while step < st.max_steps:
@@ -269,10 +281,12 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                    "world_size": env.world_size, "checkpoint": str(ckpt.read_latest(out_dir)),
                    "mlflow_run_id": run_id}
         if env.is_main:
+            if tracker:
+                tracker.log_metrics({"final_loss": last_loss if math.isfinite(last_loss) else -1.0,
+                                     "wall_time_s": wall}, step=step)
+                pending = tracker.end()  # what a down tracking server could not take is kept in this file
+                summary["mlflow_pending"] = str(pending) if pending else None
             metrics.write_final(summary)
-            if mlflow:
-                mlflow.log_metrics({"final_loss": last_loss if math.isfinite(last_loss) else -1.0,
-                                    "wall_time_s": wall}, step=step)
     return summary
 
 

@@ -31,7 +31,8 @@ def memory_mb(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """Writes rows to CSV/JSONL and (with `mlflow` given) to the active MLflow run."""
+    """Writes rows to CSV/JSONL and (with `mlflow` given: anything with `log_metrics(metrics, step)`, e.g.
+    tracking.BufferedRun) to the MLflow run."""
 
     def __init__(self, out_dir: Path, mlflow=None, resume_step: int = 0):
         self.out_dir = Path(out_dir)
