@@ -18,6 +18,10 @@ the knobs to turn down.
 
 RNG: the pass and the watcher's construction draw only from their own seeded generators and restore the global
 torch / numpy / python states, so a watched job trains to the same weights as an unwatched one.
+
+The `train.sample_*` keys still belong to the training stages' fingerprint (stages.STAGE_KEYS): dvc.yaml tracks
+`presets.<preset>.train` as a whole, and leaving them out of one door only would make `dvc repro` and the Prefect
+flow disagree about what is up to date. Turning watching on or off therefore reruns training.
 """
 
 from __future__ import annotations

@@ -14,15 +14,6 @@ from opensora_core.train.loop import train_stage
 from conftest import STAGE, RandomLatents, tiny_config
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("OPENSORA_MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("OPENSORA_PARENT_RUN_ID", raising=False)
-    return uri
-
-
 def watched_config(run_dir, **extra):
     """The tiny training config with a tiny VAE and text encoder on disk (what the encoders stage leaves)."""
     from opensora_core.encoders import ensure_tiny_text_encoder
@@ -79,14 +70,16 @@ def test_watched_training_logs_adherence_heldout_loss_cost_and_a_gif_per_pass(tm
     assert len(client.get_metric_history(run_id, "mfu")) == 6
 
 
-def test_watching_does_not_change_the_trained_weights(tmp_path):
+def test_watching_changes_no_weight_and_a_resumed_job_repeats_no_pass(tmp_path):
     from opensora_core.train.checkpoint import load_ema_weights, load_model_state, read_latest
 
-    plain = tiny_config(tmp_path / "plain")
-    watched = watched_config(tmp_path / "watched", **{"train.sample_every": 2})  # bundled prompts: no manifest
+    plain = tiny_config(tmp_path / "plain", **{f"stages.{STAGE}.max_steps": 4})
     train_stage(plain, STAGE, track=False, dataset=RandomLatents(8))
-    train_stage(watched, STAGE, track=False, dataset=RandomLatents(8))
-    assert (watched.paths.ckpt_dir(STAGE) / "watch" / "step_0000004.gif").is_file()
+    for steps in (2, 4):  # watched (bundled prompts: no manifest), stopped at step 2 and resumed
+        watched = watched_config(tmp_path / "watched", **{"train.sample_every": 2, f"stages.{STAGE}.max_steps": steps})
+        train_stage(watched, STAGE, track=False, dataset=RandomLatents(8))
+    with open(watched.paths.ckpt_dir(STAGE) / "watch_log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 2, 4]
     a, b = read_latest(plain.paths.ckpt_dir(STAGE)), read_latest(watched.paths.ckpt_dir(STAGE))
     for load in (load_model_state, load_ema_weights):
         sa, sb = load(a), load(b)
