@@ -141,6 +141,14 @@ class TrainConfig(_Strict):
     loss_weighting: Literal["eps", "v", "min_snr"] = "eps"
     min_snr_gamma: float = Field(5.0, gt=0)
     processes: int = Field(1, gt=0)
+    # Watching training (opensora_core.train.watch): every `sample_every` steps (0 = never) rank 0 samples
+    # `sample_prompts` fixed held-out prompts with the EMA weights and logs a gif grid and adherence metrics.
+    sample_every: int = Field(0, ge=0)
+    sample_prompts: int = Field(8, gt=0)
+    sample_steps: int = Field(25, gt=0)
+    sample_cfg_scale: float | None = Field(None, ge=0, description="null: eval.cfg_scale")
+    # MFU's denominator: dense TFLOP/s of one device at the training dtype (null: a known GPU's, none on CPU)
+    peak_tflops: float | None = Field(None, gt=0)
 
 
 class StageConfig(_Strict):

@@ -226,6 +226,17 @@ class BufferedRun:
         self._tags[key] = str(value)
         self.flush()
 
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
+        """Upload a file (a sample grid) if the server answers; a file it does not take stays where it is on disk
+        (beside the checkpoints), named in a warning: artifacts are not kept for a resend."""
+        try:
+            with _fail_fast():
+                _client(self.uri).log_artifact(self.run_id, str(path), artifact_path)
+            return True
+        except Exception as e:  # noqa: BLE001 - as for metrics: training goes on
+            log.warning("MLflow at %s did not take %s (%s); the file stays on disk", self.uri, path, _short(e))
+            return False
+
     def flush(self, force: bool = False) -> bool:
         """Send what is kept; False when the server did not take it (it stays kept)."""
         if not self.pending:

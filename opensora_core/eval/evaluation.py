@@ -64,15 +64,24 @@ def _real_clips(cfg: Config, rows: list[dict], stage: str) -> torch.Tensor | Non
 def score_model(cfg: Config, model, stage: str, rows: list[dict], vae, text_encoder, enc: dict, out_dir: Path,
                 progress: bool = True) -> tuple[dict[str, float], list[dict]]:
     """Sample, write files and compute every metric of one model at `stage`'s size."""
-    from opensora_core.diffusion import IDDPM
-    from opensora_core.eval import metrics as M
-    from opensora_core.eval.heldout import heldout_loss
     from opensora_core.eval.sample import generate, write_samples
 
     texts = [r["text"] for r in rows]
     videos = generate(model, vae, text_encoder, texts, cfg_scale=cfg.eval.cfg_scale, steps=cfg.eval.sampling_steps,
                       seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress)
     write_samples(videos, texts, out_dir)
+    return score_videos(cfg, model, stage, rows, videos, vae, enc)
+
+
+def score_videos(cfg: Config, model, stage: str, rows: list[dict], videos: torch.Tensor, vae,
+                 enc: dict) -> tuple[dict[str, float], list[dict]]:
+    """Every metric of `videos` `[N, 3, T, H, W]` (one per row of `rows`, sampled from `model`): temporal change;
+    adherence when the rows carry ground truth; with real held-out clips, the Fréchet distance and `model`'s
+    held-out loss per timestep bucket. `enc` is the text encoder's output for the rows. Returns (metrics, per-clip rows)."""
+    from opensora_core.diffusion import IDDPM
+    from opensora_core.eval import metrics as M
+    from opensora_core.eval.heldout import heldout_loss
+
     out: dict[str, float] = {"temporal_change": M.temporal_change(videos)}
     table: list[dict] = []
     if all("color" in r and "motion" in r for r in rows):

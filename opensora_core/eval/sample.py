@@ -169,6 +169,21 @@ def write_grid(frames: np.ndarray, path: str | Path, min_side: int = 128) -> Pat
     return Path(path)
 
 
+def write_gif_grid(videos: torch.Tensor, path: str | Path, cols: int | None = None, fps: int = 8,
+                   tile_side: int = 64) -> Path:
+    """One animated gif of `videos` `[N, 3, T, H, W]` in [-1, 1] tiled row by row (`cols` default ceil(sqrt(N))),
+    each tile upscaled to at least `tile_side` pixels, 2-pixel white gaps."""
+    tiles = [_upscale(to_uint8(v), tile_side) for v in videos]
+    n, (T, H, W, _) = len(tiles), tiles[0].shape
+    cols = cols or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // cols)
+    canvas = np.full((T, rows * H + (rows - 1) * 2, cols * W + (cols - 1) * 2, 3), 255, np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        canvas[:, r * (H + 2) : r * (H + 2) + H, c * (W + 2) : c * (W + 2) + W] = tile
+    return write_gif(canvas, path, fps, min_side=1)
+
+
 def write_samples(videos: torch.Tensor, prompts: Sequence[str], out_dir: str | Path, fps: int = 8) -> list[dict[str, Any]]:
     """Write `{i:03d}_{slug}.mp4/.gif/.png` per video and `prompts.json`; returns one record per video."""
     out = Path(out_dir)

@@ -29,8 +29,9 @@ from opensora_core.train.data import build_train_data
 from opensora_core.train.ema import EMA
 from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
 from opensora_core.train.init import build_stage_model, init_weights, latent_size
-from opensora_core.train.metrics import MetricsLog, memory_mb
+from opensora_core.train.metrics import MetricsLog, Throughput, memory_mb, peak_tflops
 from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, autocast
+from opensora_core.train.watch import TrainingWatcher
 
 log = logging.getLogger("opensora.train")
 
@@ -209,6 +210,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     model_ref = engine.unwrap(train_model)
     tokens_per_sample = model_ref.num_tokens(latent_size(cfg, stage)) if hasattr(model_ref, "num_tokens") else 0
     global_batch = st.batch_size * dp_size
+    throughput = Throughput(model_ref, latent_size(cfg, stage), global_batch, env.world_size, peak_tflops(env.device, tc.dtype, tc.peak_tflops))
     tags = {"engine": tc.engine, "git_commit": _git_commit(cfg.project_dir), "checkpoint_dir": str(out_dir), "init": init_desc,
             "world_size": env.world_size, "sp_size": sp_size}
     if env.is_main:
@@ -236,6 +238,10 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
         if tracker and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
             _log_dataset(clips, dataset)
         metrics = MetricsLog(out_dir, tracker, resume_step=step) if env.is_main else None
+        # rank 0 samples between steps, no collective: the other ranks wait in the next step's all-reduce (watch.py)
+        watcher = TrainingWatcher.for_stage(cfg, stage, out_dir, tracker, env.device, step) if env.is_main else None
+        if watcher:  # at step 0 of a fresh job: the chart's first point
+            watcher.maybe_run(step, ema)
         t_start, last_loss = time.perf_counter(), float("nan")
         train_model.train()
         while step < st.max_steps:
@@ -263,13 +269,16 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                            "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                            "loss_scale": scaler.scale_value, "skipped_steps": scaler.skipped_steps,
                            "samples_per_s": global_batch / dt, "tokens_per_s": global_batch * tokens_per_sample / dt,
-                           "step_time": dt, "memory_mb": memory_mb(env.device)}
+                           "step_time": dt, "memory_mb": memory_mb(env.device), **throughput.metrics(dt)}
                     metrics.log(row)
-                    log.info("step %d/%d loss %.4f lr %.2e grad %.3f scale %g skipped %d %.1f samples/s",
-                             step, st.max_steps, row["loss"], row["lr"], grad_norm, scaler.scale_value,
-                             scaler.skipped_steps, row["samples_per_s"])
+                    log.info("step %d/%d loss %.4f lr %.2e grad %.3f scale %g skipped %d %.1f samples/s %.0f tokens/s "
+                             "%.3g TFLOP/s MFU %s peak %.0f MiB", step, st.max_steps, row["loss"], row["lr"], grad_norm,
+                             scaler.scale_value, scaler.skipped_steps, row["samples_per_s"], row["tokens_per_s"],
+                             row["tflops"], f"{row['mfu']:.1%}" if "mfu" in row else "n/a", row["memory_mb"])
                 if step % tc.ckpt_every == 0 or step == st.max_steps:
                     save(step, run_id)
+                if watcher:
+                    watcher.maybe_run(step, ema)
                 if step >= st.max_steps:
                     break
             else:  # the epoch ran out: next epoch, new shuffle

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 SMALL = {  # presets.tiny keys: seconds per stage instead of minutes
     "data": {"num_videos": 16},
     "vae": {"train_steps": 10, "train_batch_size": 8},
-    "train": {"ckpt_every": 2, "log_every": 1},
+    "train": {"ckpt_every": 2, "log_every": 1, "sample_steps": 2},  # the watch passes (step 0, last step) stay cheap
     "stages": {"pretrain_256": {"max_steps": 3, "batch_size": 4}, "finetune_512": {"max_steps": 2, "batch_size": 4},
                "finetune_64f": {"max_steps": 2, "batch_size": 2}},
     "eval": {"num_prompts": 2, "sampling_steps": 3},

@@ -19,7 +19,7 @@ def tiny_overrides(run_dir: Path, **extra) -> list[str]:
         "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 2,
         "text_encoder.hidden_size": 16, "text_encoder.model_max_length": 8,
         "train.dtype": "fp32", "train.lr": 1e-3, "train.warmup_steps": 2, "train.ckpt_every": 3,
-        "train.log_every": 1, "train.keep_last": 2, "train.processes": 1,
+        "train.log_every": 1, "train.keep_last": 2, "train.processes": 1, "train.sample_every": 0,
         f"stages.{STAGE}.num_frames": 2, f"stages.{STAGE}.image_size": 16, f"stages.{STAGE}.batch_size": 2,
         f"stages.{STAGE}.max_steps": 6,
         "stages.finetune_512.num_frames": 2, "stages.finetune_512.image_size": 32,
@@ -51,6 +51,16 @@ class RandomLatents(torch.utils.data.Dataset):
         mask[: 2 + i % (self.tokens - 2)] = 1
         return {"latent": latent, "y": torch.randn(1, self.tokens, self.channels, generator=g), "mask": mask,
                 "text": f"clip {i}", "index": i}
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch):
+    """A fresh MLflow store for the test, and no run or parent run inherited from the environment."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("OPENSORA_MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("OPENSORA_PARENT_RUN_ID", raising=False)
+    return uri
 
 
 @pytest.fixture

@@ -12,15 +12,6 @@ from opensora_core.train.precision import NonFiniteLossError
 from conftest import STAGE, RandomLatents, tiny_config
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("OPENSORA_MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("OPENSORA_PARENT_RUN_ID", raising=False)
-    return uri
-
-
 def test_nan_guard_aborts_and_marks_the_mlflow_run_failed_with_the_reason(tmp_path, mlflow_uri):
     import mlflow
 
