@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # keys at most this long use explicit attention on the CPU (see the module doc)
-CPU_EXPLICIT_MAX_KEYS = 1024
+CPU_EXPLICIT_MAX_KEYS = 256
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,21 @@ def trim_caption(y: torch.Tensor, mask: torch.Tensor | None):
 
     y [B, 1, N, C], mask [B, N] or None -> (y [B, 1, L, C], CaptionMask or None). Padding tokens get zero
     attention weight, so the result is the same function; the cross-attention keys shrink from N to L.
+    The decisions are taken on a host copy of the mask: one device-to-host transfer per forward (Open-Sora
+    1.0 syncs once per forward too, for its packed sequence lengths).
     """
     if mask is None:
         return y, None
-    valid = mask.bool()
+    valid = mask.detach().to("cpu", torch.bool)
     columns = valid.any(dim=0)
-    length = max(int(columns.nonzero().max()) + 1, 1) if bool(columns.any()) else 1  # one host sync
+    length = int(columns.nonzero().max()) + 1 if bool(columns.any()) else 1
     y, valid = y[:, :, :length], valid[:, :length]
     if bool(valid.all()):
         return y, None
-    return y, CaptionMask.from_mask(valid)
+    has_token = valid.any(dim=1)
+    keep = None if bool(has_token.all()) else has_token[:, None, None].float().to(y.device)
+    valid = (valid | ~has_token[:, None])[:, None, None, :].to(y.device, non_blocking=True)
+    return y, CaptionMask(valid, keep)
 
 
 def _explicit_attention(q, k, v, valid=None):

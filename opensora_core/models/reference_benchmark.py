@@ -107,20 +107,22 @@ def max_output_difference(a: nn.Module, b: nn.Module, inputs: dict) -> float:
 
 
 def interleaved_times(steps: dict[str, Callable[[], None]], rounds: int, steps_per_round: int,
-                      device: torch.device, on_round=None) -> dict[str, list[float]]:
-    """Seconds per step of each contender in each round; the order alternates round by round."""
+                      device: torch.device, on_round=None) -> dict[str, dict[str, list[float]]]:
+    """Seconds per step of each contender in each round, wall clock ("wall") and this process's CPU time
+    ("cpu": on a CPU shared with other jobs it counts the work, not the waiting); the order alternates."""
     names = list(steps)
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times = {name: {"wall": [], "cpu": []} for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
             _sync(device)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             for _ in range(steps_per_round):
                 steps[name]()
             _sync(device)
-            times[name].append((time.perf_counter() - start) / steps_per_round)
+            times[name]["cpu"].append((time.process_time() - cpu) / steps_per_round)
+            times[name]["wall"].append((time.perf_counter() - wall) / steps_per_round)
         if on_round:
-            on_round(r, {name: t[-1] for name, t in times.items()})
+            on_round(r, {name: t["wall"][-1] for name, t in times.items()})
     return times
 
 
@@ -154,18 +156,20 @@ def run_reference_benchmark(contenders: list[Contender], cfg: ReferenceBenchConf
     return summarize(contenders, times, tokens_per_step, differences)
 
 
-def summarize(contenders: list[Contender], times: dict[str, list[float]], tokens_per_step: int,
+def summarize(contenders: list[Contender], times: dict[str, dict[str, list[float]]], tokens_per_step: int,
               differences: dict[str, float]) -> list[dict]:
-    base = statistics.median(times[contenders[0].name])
+    base = statistics.median(times[contenders[0].name]["wall"])
+    base_cpu = statistics.median(times[contenders[0].name]["cpu"])
     rows = []
     for c in contenders:
-        t = times[c.name]
+        t, cpu = times[c.name]["wall"], statistics.median(times[c.name]["cpu"])
         med = statistics.median(t)
         row = {
             "model": c.name, "optimizer": c.optimizer, "compiled": c.compile,
             "tokens/s": round(tokens_per_step / med, 1),
             "min-max tokens/s": f"{tokens_per_step / max(t):.0f}-{tokens_per_step / min(t):.0f}",
             "step_ms": round(med * 1e3, 1), "ratio": round(base / med, 3), "rounds": len(t),
+            "cpu_ms": round(cpu * 1e3, 1), "cpu ratio": round(base_cpu / cpu, 3),
             "max|diff|": float(f"{differences[c.name]:.2e}"),
         }
         if c.compile:

@@ -32,7 +32,7 @@ def test_benchmark_times_both_models_interleaved_and_checks_they_compute_the_sam
     assert rows[0]["ratio"] == 1.0
     tokens_per_step = 2 * 2 * 2 * 2
     for r in rows:
-        assert r["rounds"] == 3 and r["tokens/s"] > 0
+        assert r["rounds"] == 3 and r["tokens/s"] > 0 and r["cpu_ms"] > 0
         low, high = (float(v) for v in r["min-max tokens/s"].split("-"))
         assert low <= r["tokens/s"] <= high
         assert r["step_ms"] == pytest.approx(tokens_per_step / r["tokens/s"] * 1e3, rel=0.01)
@@ -44,7 +44,7 @@ def test_rounds_alternate_the_order_of_the_contenders():
     steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
     times = rb.interleaved_times(steps, rounds=3, steps_per_round=1, device=torch.device("cpu"))
     assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
-    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert {k: (len(v["wall"]), len(v["cpu"])) for k, v in times.items()} == {"a": (3, 3), "b": (3, 3), "c": (3, 3)}
 
 
 def test_loading_a_checkout_leaves_no_stand_in_or_opensora_module_behind():
