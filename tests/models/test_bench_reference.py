@@ -34,8 +34,8 @@ def test_benchmark_times_both_models_interleaved_and_checks_they_compute_the_sam
     for r in rows:
         assert r["rounds"] == 3 and r["tokens/s"] > 0 and r["cpu_ms"] > 0
         low, high = (float(v) for v in r["min-max tokens/s"].split("-"))
-        assert low <= r["tokens/s"] <= high
-        assert r["step_ms"] == pytest.approx(tokens_per_step / r["tokens/s"] * 1e3, rel=0.01)
+        assert low - 1 <= r["tokens/s"] <= high + 1  # the bounds are printed rounded to whole tokens/s
+        assert r["step_ms"] == pytest.approx(tokens_per_step / r["tokens/s"] * 1e3, rel=0.01, abs=0.1)
         assert r["max|diff|"] < 1e-4  # the same function (the oracle runs in float64)
 
 
