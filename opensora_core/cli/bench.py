@@ -1,4 +1,5 @@
-"""`opensora bench model`: DiT vs STDiT training-step throughput (rich table, logged to MLflow)."""
+"""`opensora bench model` (DiT vs STDiT), `bench reference` (ours vs Open-Sora 1.0's STDiT), `bench data`:
+throughput tables (rich), logged to MLflow."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
+from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 
 def register(app: typer.Typer) -> None:
@@ -64,6 +65,87 @@ def register(app: typer.Typer) -> None:
                                     f"{key}.step_ms": r["step_ms"]})
             mlflow.log_metrics({f"speedup.{k.split(' ')[0]}": v for k, v in ratio.items()})
             tracking.log_table("bench_model", rows)
+            console.print(f"logged to MLflow run {run.info.run_id}")
+
+    @bench.command("reference")
+    def reference(
+        reference_dir: Path = typer.Option(..., "--reference", help="checkout of hpcaitech/Open-Sora v1.0.0 (the folder "
+                                           "holding opensora/); e.g. `git --git-dir=MIRROR archive v1.0.0 | tar -x -C DIR`"),
+        rounds: int = typer.Option(9, "--rounds", min=1, help="timed rounds, interleaved (median, min-max)"),
+        warmup: int = typer.Option(2, "--warmup", min=1, help="untimed steps per model first (the first also compiles)"),
+        threads: int = typer.Option(1, "--threads", min=0, help="torch CPU threads (0: torch's default)"),
+        latent: str = typer.Option("8x16x16", "--latent", help="latent T x H x W"),
+        batch_size: int = typer.Option(2, "--batch-size", min=1),
+        also: list[str] = typer.Option([], "--also", help="extra rows of ours: foreach | fused (AdamW forms), compile"),
+        device: str = typer.Option("cpu", "--device"),
+        params: Path = ParamsOption,
+        preset: str = PresetOption,
+        no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+    ) -> None:
+        """Training-step tokens/s of our STDiT vs Open-Sora 1.0's own (same weights and inputs, interleaved
+        rounds in one process; STDiT depth 4, hidden 256, 4 heads, 24 caption tokens, half of one masked)."""
+        from dataclasses import asdict, replace
+
+        import torch
+        from rich.console import Console
+        from rich.table import Table
+
+        from opensora_core.models.opensora_reference import ReferenceCheckoutError
+        from opensora_core.models.reference_benchmark import (
+            ReferenceBenchConfig,
+            opensora_contender,
+            ours_contender,
+            run_reference_benchmark,
+        )
+
+        cfg_ = load_cli_config(params, preset, [])
+        try:
+            shape = tuple(int(v) for v in latent.lower().split("x"))
+            assert len(shape) == 3 and min(shape) > 0
+        except (ValueError, AssertionError):
+            fail(f"--latent must be T x H x W, e.g. 8x16x16; got {latent!r}")
+        unknown = [a for a in also if a not in ("foreach", "fused", "compile")]
+        if unknown:
+            fail(f"--also takes foreach, fused or compile; got {unknown[0]!r}")
+        bench_cfg = replace(ReferenceBenchConfig(), rounds=rounds, warmup=warmup, threads=threads or None,
+                            latent=shape, batch_size=batch_size)
+        try:
+            contenders = [opensora_contender(reference_dir), ours_contender()]
+        except ReferenceCheckoutError as e:
+            fail(f"--reference: {e}")
+        for extra in also:
+            contenders.append(ours_contender(f"ours, {extra}", optimizer=extra if extra != "compile" else "for-loop",
+                                             compile=extra == "compile"))
+        console = Console(width=max(Console().width, 150))
+        with console.status("benchmarking ours vs Open-Sora 1.0 STDiT ..."):
+            rows = run_reference_benchmark(
+                contenders, bench_cfg, device,
+                on_round=lambda r, t: console.log(f"round {r + 1}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items())),
+                log=console.log)
+        table = Table(title=f"STDiT training step, ours vs Open-Sora 1.0 ({device}, {bench_cfg.threads or 'default'} "
+                            f"threads, latent {latent}, batch {batch_size}, median of {rounds} interleaved rounds)")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col in ("model", "optimizer") else "right")
+        for r in rows:
+            table.add_row(*(str(r.get(col, "")) for col in rows[0]))
+        console.print(table)
+        for r in rows[1:]:
+            console.print(f"{r['model']} / Open-Sora 1.0 tokens/s: {r['ratio']}x")
+        if no_track:
+            return
+        from opensora_core import tracking
+
+        with tracking.start_run(cfg_, run_name=f"bench-reference-{device}", tags={"bench": "reference", "device": device},
+                                log_config=False) as run:
+            import mlflow
+
+            mlflow.log_params({"device": device, "torch": torch.__version__, "reference": str(reference_dir),
+                               **{k: str(v) for k, v in asdict(bench_cfg).items()}})
+            for r in rows:
+                key = r["model"].replace(" ", "_").replace(",", "").replace(".", "_")
+                mlflow.log_metrics({f"{key}.tokens_per_s": r["tokens/s"], f"{key}.step_ms": r["step_ms"],
+                                    f"{key}.ratio": r["ratio"], f"{key}.max_abs_diff": r["max|diff|"]})
+            tracking.log_table("bench_reference", rows)
             console.print(f"logged to MLflow run {run.info.run_id}")
 
     @bench.command("data")

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
+from opensora_core.models.attention import trim_caption
+from opensora_core.models.flops import flop_terms
 from opensora_core.models.layers import (
     CaptionEmbedder,
     FinalLayer,
@@ -46,6 +48,7 @@ class VideoDiffusionTransformer(nn.Module):
     # only (Open-Sora 1.0 STDiT); "input" = added to every token before the blocks (DiT; an STDiT option).
     TEMPORAL_POS = ("first_block", "input")
     default_temporal_pos = "first_block"
+    temporal_attention = False  # whether blocks attend over frames (STDiT) besides within a frame or all tokens
 
     def __init__(
         self,
@@ -169,8 +172,10 @@ class VideoDiffusionTransformer(nn.Module):
     def embed_inputs(self, x, timestep, y, mask=None, force_drop_ids=None):
         """The part of the forward pass before the blocks (shared with the sequence-parallel forward).
 
-        Returns (h [B, T', S, D] tokens with their position embeddings, t [B, D], t_mlp [B, 6D], y [B, N, D],
-        mask [B', N] or None, tpe: the temporal embedding for block 0's temporal attention or None, grid).
+        Returns (h [B, T', S, D] tokens with their position embeddings, t [B, D], t_mlp [B, 6D], y [B, L, D]
+        (the caption without the padding columns no sample uses, L <= N), mask: a CaptionMask shared by the
+        blocks or None when no token is padded, tpe: the temporal embedding for block 0's temporal attention
+        or None, grid).
         """
         dtype = self.dtype or self.x_embedder.proj.weight.dtype
         # Open-Sora casts the timesteps to the model dtype too (part of the released models' function)
@@ -185,11 +190,12 @@ class VideoDiffusionTransformer(nn.Module):
 
         t = self.t_embedder(timestep, dtype=h.dtype)  # [B, D]
         t_mlp = self.t_block(t)  # [B, 6D]
-        y = self.y_embedder(y, self.training, force_drop_ids).squeeze(1)  # [B, N, D]
         if mask is not None:
             mask = mask.reshape(mask.shape[0], -1)
             if mask.shape[0] != y.shape[0]:  # one mask for a doubled (classifier-free guidance) batch
                 mask = mask.repeat(y.shape[0] // mask.shape[0], 1)
+        y, mask = trim_caption(y, mask)  # padding no sample uses is dropped; mask None when none is left
+        y = self.y_embedder(y, self.training, force_drop_ids).squeeze(1)  # [B, L, D]
         tpe = None if (self.no_temporal_pos_emb or self.temporal_pos_at_input) else pos_t
         return h, t, t_mlp, y, mask, tpe, grid
 
@@ -268,21 +274,11 @@ class VideoDiffusionTransformer(nn.Module):
         """Video tokens per sample for a latent size (default: the built input_size)."""
         return math.prod(self.token_grid(input_size or self.input_size))
 
-    def _attention_flops(self, t_tokens: int, s_tokens: int) -> int:
-        raise NotImplementedError
-
     def flops_per_sample(self, input_size=None, training: bool = True) -> int:
-        """Matmul FLOPs (2 per multiply-add) for one sample; x3 for forward+backward when ``training``
-        (gradient-checkpoint recomputation is not counted, following the MFU convention)."""
-        nt, nh, nw = self.token_grid(input_size or self.input_size)
-        n, s, d, l = nt * nh * nw, nh * nw, self.hidden_size, self.model_max_length
-        per_block = (
-            2 * n * d * 3 * d + 2 * n * d * d  # self-attention projections
-            + 2 * n * d * d + 2 * l * d * 2 * d + 2 * n * d * d + 4 * n * l * d  # cross-attention
-            + 2 * 2 * n * d * int(d * self.mlp_ratio)  # MLP
-        ) + self._attention_flops(nt, s)
-        embed = 2 * n * d * self.in_channels * math.prod(self.patch_size)
-        embed += 2 * l * (self.caption_channels * d + d * d)
-        final = 2 * n * d * math.prod(self.patch_size) * self.out_channels
-        forward = self.depth * per_block + embed + final
-        return 3 * forward if training else forward
+        """Matmul FLOPs (2 per multiply-add) for one sample at a latent size (default: the built one); x3 for
+        forward+backward when ``training``. See ``opensora_core.models.flops`` for what is counted."""
+        terms = flop_terms(self.hidden_size, self.depth, self.token_grid(input_size or self.input_size),
+                           self.model_max_length, temporal=self.temporal_attention, mlp_ratio=self.mlp_ratio,
+                           patch_size=self.patch_size, in_channels=self.in_channels,
+                           out_channels=self.out_channels, caption_channels=self.caption_channels)
+        return sum(terms.values()) * (3 if training else 1)

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from opensora_core.models.base import VideoDiffusionTransformer
-from opensora_core.models.layers import CrossAttention, DropPath, Mlp, SelfAttention, t2i_modulate
+from opensora_core.models.attention import CrossAttention, SelfAttention
+from opensora_core.models.layers import DropPath, Mlp, gated_residual, t2i_modulate
 
 
 class DiTBlock(nn.Module):
@@ -31,13 +32,13 @@ class DiTBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
     def forward(self, x, y, t_mlp, mask=None):
-        """x [B, T*S, D], y [B, N, D], t_mlp [B, 6D], mask [B, N] or None -> [B, T*S, D]."""
+        """x [B, T*S, D], y [B, N, D], t_mlp [B, 6D], mask (CaptionMask, [B, N] or None) -> [B, T*S, D]."""
         b, _, d = x.shape
         mods = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, d)).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-        x = x + self.drop_path(gate_msa * self.attn(t2i_modulate(self.norm1(x), shift_msa, scale_msa)))
+        x = gated_residual(x, gate_msa, self.attn(t2i_modulate(self.norm1(x), shift_msa, scale_msa)), self.drop_path)
         x = x + self.cross_attn(x, y, mask)
-        return x + self.drop_path(gate_mlp * self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return gated_residual(x, gate_mlp, self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp)), self.drop_path)
 
 
 class DiT(VideoDiffusionTransformer):
@@ -51,7 +52,3 @@ class DiT(VideoDiffusionTransformer):
 
     def _run_block(self, block, x, y, t_mlp, mask, tpe, grid):
         return block(x, y, t_mlp, mask)
-
-    def _attention_flops(self, t_tokens: int, s_tokens: int) -> int:
-        n = t_tokens * s_tokens
-        return 4 * n * n * self.hidden_size

@@ -17,10 +17,7 @@ Functions (all tensors are [batch, tokens, channels] unless stated):
 - ``CaptionEmbedder``: optional caption dropout (replace a sample's caption with the learned null caption
   ``y_embedding`` [N, C_caption]) then Linear -> GELU(tanh) -> Linear to the hidden size.
 - ``t2i_modulate(x, shift, scale) = x * (1 + scale) + shift`` (adaLN-single, PixArt).
-- ``SelfAttention``: fused qkv projection, ``scaled_dot_product_attention``, output projection.
-- ``CrossAttention``: queries from video tokens, keys/values from caption tokens; the caption mask [B, N]
-  becomes a key-padding mask, which is the same function as Open-Sora's packed xformers
-  ``BlockDiagonalMask`` (every sample's queries see only its own valid caption tokens).
+- ``SelfAttention`` / ``CrossAttention`` / ``CaptionMask``: in ``opensora_core.models.attention``.
 - ``FinalLayer`` (T2IFinalLayer): LayerNorm without affine, modulated by ``table[2, C] + t`` (the raw
   timestep embedding, not the t_block output), then Linear to ``prod(patch) * C_out``.
 """
@@ -32,6 +29,8 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from opensora_core.models.attention import CaptionMask, CrossAttention, SelfAttention  # noqa: F401 (re-exported)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,7 +168,15 @@ class CaptionEmbedder(nn.Module):
 
 
 def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+    """x * (1 + scale) + shift, in one pass over x (addcmul) instead of two."""
+    return torch.addcmul(shift, x, 1 + scale)
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
+    """x + drop_path(gate * h); one addcmul pass when stochastic depth is off."""
+    if drop_path.training and getattr(drop_path, "p", 0.0) > 0:
+        return x + drop_path(gate * h)
+    return torch.addcmul(x, gate, h)
 
 
 class DropPath(nn.Module):
@@ -184,66 +191,6 @@ class DropPath(nn.Module):
             return x
         keep = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)
         return x * keep.bernoulli_(1 - self.p) / (1 - self.p)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Attention (fused scaled_dot_product_attention; flash / memory-efficient kernels where available)
-# ----------------------------------------------------------------------------------------------------------
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over the token axis: [B, N, D] -> [B, N, D]."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]
-        return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class CrossAttention(nn.Module):
-    """Video tokens [B, N, D] attend to caption tokens [B, L, D]; ``mask`` [B, L] (1 = valid) or None.
-
-    Open-Sora packs the valid caption tokens of the whole batch and uses a block-diagonal mask; a boolean
-    key-padding mask gives the same result per sample without any host sync. A sample with no valid token
-    gets a zero output (as an empty key block would).
-    """
-
-    def __init__(self, d_model: int, num_heads: int):
-        super().__init__()
-        if d_model % num_heads:
-            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = d_model // num_heads
-        self.q_linear = nn.Linear(d_model, d_model)
-        self.kv_linear = nn.Linear(d_model, d_model * 2)
-        self.proj = nn.Linear(d_model, d_model)
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, d = x.shape
-        q = self.q_linear(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        k, v = self.kv_linear(cond).view(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        attn_mask = None
-        has_token = None
-        if mask is not None:
-            valid = mask.bool()
-            has_token = valid.any(dim=1)
-            # an all-padding caption would make softmax NaN: let it attend anywhere, then zero its output
-            attn_mask = (valid | ~has_token[:, None])[:, None, None, :]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        out = out.transpose(1, 2).reshape(b, n, d)
-        if has_token is not None:
-            out = out * has_token[:, None, None].to(out.dtype)
-        return self.proj(out)
 
 
 class FinalLayer(nn.Module):

@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from opensora_core.models.base import VideoDiffusionTransformer
 from opensora_core.models.dit import DiTBlock
-from opensora_core.models.layers import SelfAttention, t2i_modulate
+from opensora_core.models.attention import SelfAttention
+from opensora_core.models.layers import gated_residual, t2i_modulate
 
 
 class STDiTBlock(DiTBlock):
@@ -32,28 +33,28 @@ class STDiTBlock(DiTBlock):
         self.attn_temp = SelfAttention(hidden_size, num_heads)
 
     def forward(self, x, y, t_mlp, mask=None, tpe=None, grid=None):
-        """x [B, T*S, D], y [B, N, D], t_mlp [B, 6D], mask [B, N] or None, tpe [1, T, D] or None,
+        """x [B, T*S, D], y [B, N, D], t_mlp [B, 6D], mask (CaptionMask, [B, N] or None), tpe [1, T, D] or None,
         grid = (T, S) -> [B, T*S, D]."""
         b, n, d = x.shape
         t_len, s_len = grid
         mods = (self.scale_shift_table[None] + t_mlp.reshape(b, 6, d)).chunk(6, dim=1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods  # each [B, 1, D]
 
-        # spatial: the S tokens of each frame
-        h = t2i_modulate(self.norm1(x), shift_msa, scale_msa).reshape(b * t_len, s_len, d)
-        h = self.attn(h).reshape(b, n, d)
-        x = x + self.drop_path(gate_msa * h)
+        # spatial: the S tokens of each frame ([B*T, S, D] is a view of x's layout)
+        h = t2i_modulate(self.norm1(x), shift_msa, scale_msa).view(b * t_len, s_len, d)
+        x = gated_residual(x, gate_msa, self.attn(h).view(b, n, d), self.drop_path)
 
-        # temporal: the T frames of each spatial location
-        h = x.reshape(b, t_len, s_len, d).transpose(1, 2).reshape(b * s_len, t_len, d)
+        # temporal: the T frames of each spatial location; one copy into [B*S, T, D], and the result is added
+        # back through a transposed view (no second copy)
+        h = x.view(b, t_len, s_len, d).transpose(1, 2).reshape(b * s_len, t_len, d)
         if tpe is not None:
             h = h + tpe
-        h = self.attn_temp(h).reshape(b, s_len, t_len, d).transpose(1, 2).reshape(b, n, d)
-        x = x + self.drop_path(gate_msa * h)
+        h = self.attn_temp(h).view(b, s_len, t_len, d).transpose(1, 2)  # [B, T, S, D] view
+        x = gated_residual(x.view(b, t_len, s_len, d), gate_msa[:, None], h, self.drop_path).reshape(b, n, d)
 
         x = x + self.cross_attn(x, y, mask)
         h = self.mlp(t2i_modulate(self.norm2(x), shift_mlp, scale_mlp))
-        return x + self.drop_path(gate_mlp * h)
+        return gated_residual(x, gate_mlp, h, self.drop_path)
 
 
 class STDiT(VideoDiffusionTransformer):
@@ -62,14 +63,10 @@ class STDiT(VideoDiffusionTransformer):
     forward(x [B, C, T, H, W], timestep [B], y [B, 1, N, Cc], mask [B, N] | None) -> [B, 2C, T, H, W].
     """
 
+    temporal_attention = True
+
     def _make_block(self, index: int, drop_path: float) -> nn.Module:
         return STDiTBlock(self.hidden_size, self.num_heads, self.mlp_ratio, drop_path)
 
     def _run_block(self, block, x, y, t_mlp, mask, tpe, grid):
         return block(x, y, t_mlp, mask, tpe, grid)
-
-    def _attention_flops(self, t_tokens: int, s_tokens: int) -> int:
-        d = self.hidden_size
-        spatial = 4 * t_tokens * s_tokens * s_tokens * d
-        temporal = 4 * s_tokens * t_tokens * t_tokens * d + 2 * 4 * t_tokens * s_tokens * d * d  # + its projections
-        return spatial + temporal
