@@ -140,7 +140,8 @@ def prepare_step(cfg, files_per_task: int = 4) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         progress_file = out / PROGRESS
         done = _read_jsonl(progress_file, "path")
-        todo = [f for f in list_videos(cfg.data.src) if f not in done]
+        src = cfg.data.src if "://" in cfg.data.src else str(cfg.resolve_path(cfg.data.src))  # as prepare_data lists it
+        todo = [f for f in list_videos(src) if f not in done]
         # a few files per task: a Prefect task run costs tens of ms of orchestration, a small file's probe less
         chunks = [todo[i:i + files_per_task] for i in range(0, len(todo), files_per_task)]
         futures = probe_split_task.map(chunks, unmapped(SCENE_THRESHOLD))
@@ -282,6 +283,27 @@ def run_data_prep(params: Params, address: str | None = None, workers: int = 2, 
     """Run the data-prep flow on a Dask cluster (see dask_task_runner); kwargs go to the flow."""
     runner = dask_task_runner(address, workers, threads_per_worker, processes)
     return data_prep.with_options(task_runner=runner)(params, **kwargs)
+
+
+def parse_dask(spec: str) -> tuple[str | None, int]:
+    """`data.dask` -> (scheduler address or None, local workers): local = 2 workers, local:N, or an address."""
+    if spec == "local" or spec.startswith("local:"):
+        return None, int(spec.partition(":")[2] or 2)
+    return spec, 0
+
+
+def run_stage_on_dask(params: Params, stage_id: str) -> dict:
+    """The parallel part of a pipeline stage on the cluster `data.dask` names (opensora_core.stages calls this for
+    `prepare` of an ingest and `cache@<stage>`): the data-prep flow's step, with the single-process stage's shard
+    and batch sizes, so the outputs are the stage's own byte for byte."""
+    from opensora_core.data.cache import SHARD_SIZE
+
+    cfg = params.load()
+    address, workers = parse_dask(cfg.data.dask)
+    kind, _, stage = stage_id.partition("@")
+    if kind == "prepare":
+        return run_data_prep(params, address, workers, steps=("prepare",))
+    return run_data_prep(params, address, workers, steps=("cache",), cache_stages=[stage], shard_size=SHARD_SIZE, batch_size=16)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,6 +104,10 @@ class DataConfig(_Strict):
     max_duration: float = Field(60.0, gt=0)
     min_resolution: int = Field(0, ge=0)
     synthetic: SyntheticVocabConfig = SyntheticVocabConfig()
+    # Dask cluster for the parallel data work (ingest's probe/hash/scene split, latent-cache shards), through
+    # prefect-dask: null (single process), "local", "local:N" (N workers here), or a scheduler address
+    # (tcp://host:8786). The outputs are the same either way, so it is not part of any stage's fingerprint.
+    dask: str | None = None
 
     @model_validator(mode="after")
     def _source_is_complete(self) -> DataConfig:
@@ -115,6 +120,8 @@ class DataConfig(_Strict):
         if self.source == "csv" and self.captioner == "synthetic":
             raise ValueError("captioner synthetic reads the ground truth of synthetic clips; a csv source keeps its "
                              "captions with captioner: existing (or recaptions them with llava)")
+        if self.dask is not None and not re.fullmatch(r"local(:[1-9][0-9]*)?|[a-z]+://\S+|[\w.-]+:\d+", self.dask):
+            raise ValueError(f"dask {self.dask!r}: expected local, local:N (N >= 1 workers) or a scheduler address (tcp://host:8786)")
         if self.min_duration > self.max_duration:
             raise ValueError(f"min_duration {self.min_duration} > max_duration {self.max_duration}")
         return self

@@ -181,9 +181,19 @@ def is_up_to_date(cfg: Config, stage_id: str) -> bool:
 # Stage bodies (each returns metrics; imports are local so `opensora --help` stays fast)
 
 
+def _on_dask(params: Params, stage_id: str) -> None:
+    """The stage's parallel work on the Dask cluster of `data.dask`, through prefect-dask. The route lives with
+    the flows (flows/data_prep.py: Prefect tasks mapped on a DaskTaskRunner); imported late, only when asked for."""
+    from flows.data_prep import run_stage_on_dask
+
+    run_stage_on_dask(params, stage_id)
+
+
 def _prepare(cfg: Config, params: Params, on_line: LineCallback) -> dict[str, float]:
     from opensora_core.data.stages import prepare_data
 
+    if cfg.data.dask and cfg.data.source == "ingest":
+        _on_dask(params, "prepare")  # probe, hash and scene-split every file on the cluster; then assembles below
     prepare_data(cfg)
     return _manifest_metrics(cfg.paths.raw_manifest, "clips")
 
@@ -228,6 +238,8 @@ def _cache(cfg: Config, params: Params, on_line: LineCallback, stage: str) -> di
         return {}
     from opensora_core.data.cache import build_latent_cache
 
+    if cfg.data.dask:
+        _on_dask(params, f"cache@{stage}")  # one task per shard on the cluster; build_latent_cache then finds it done
     build_latent_cache(cfg, stage)
     return {"cache_mb": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20}
 

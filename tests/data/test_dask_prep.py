@@ -125,3 +125,39 @@ def test_an_interrupted_ingest_maps_only_the_missing_files(setup, tmp_path):
     again = run_data_prep(setup["params"], workers=2, processes=False, steps=("prepare",))
     assert again["prepare"] == {"files_processed": 4}
     assert setup["cfg"].paths.raw_manifest.read_bytes() == setup["ref"].raw_manifest.read_bytes()
+
+
+@pytest.mark.timeout(600)
+def test_the_pipelines_own_stages_on_dask_write_what_they_write_in_one_process(setup, tmp_path):
+    """`data.dask: local:2` in the pipeline's prepare and cache stages (the front door every route takes) gives the
+    single-process stages' manifest, rejects and latent shards, byte for byte."""
+    from opensora_core.data.caption import caption_manifest
+    from opensora_core.stages import Params, run_stage
+
+    base = setup["params"].overrides
+    outputs = {}
+    for name, extra in (("single", ()), ("dask", ("data.dask=local:2",))):
+        params = Params(overrides=(*base, f"run_dir={tmp_path / name}", *extra))
+        cfg = params.load()
+        shutil.copytree(setup["cfg"].paths.encoders_dir, cfg.paths.encoders_dir)
+        run_stage("prepare", params, track=False, on_line=lambda line: None)
+        caption_manifest(cfg.paths.raw_manifest, cfg.paths.manifest, PathCaptioner(), val_fraction=0.3, progress=False)
+        run_stage(f"cache@{STAGE}", params, track=False, on_line=lambda line: None)
+        outputs[name] = cfg.paths
+    single, dask = outputs["single"], outputs["dask"]
+    assert dask.raw_manifest.read_bytes() == single.raw_manifest.read_bytes()
+    assert dask.rejects.read_bytes() == single.rejects.read_bytes()
+    got, want = (json.loads((p.cache_dir(STAGE) / "index.json").read_text()) for p in (dask, single))
+    assert got["splits"] == want["splits"] and got["fingerprint"] == want["fingerprint"]
+    for split in want["splits"].values():
+        for shard in split["shards"]:
+            assert (dask.cache_dir(STAGE) / shard["file"]).read_bytes() == (single.cache_dir(STAGE) / shard["file"]).read_bytes()
+
+
+def test_data_dask_names_a_cluster_or_is_refused():
+    from opensora_core.config import ConfigError, load_config
+
+    for good in ("local", "local:3", "tcp://10.0.0.5:8786", "scheduler:8786"):
+        assert load_config(overrides=[f"data.dask={good}"]).data.dask == good
+    with pytest.raises(ConfigError, match="data.dask: dask 'local:0'"):
+        load_config(overrides=["data.dask=local:0"])
