@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Order = order in `opensora --help`.
-_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench")
+_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench", "doctor")
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"opensora_core.cli.{_area}")
