@@ -27,7 +27,7 @@ def _detected_gpu_memory_gib() -> float | None:
     return torch.cuda.get_device_properties(0).total_memory / 2**30
 
 
-def memory_rows(cfg, stages: list[str], gpus: int | None, engine: str | None, gpu_memory: float | None):
+def memory_rows(cfg, stages: list[str], gpus: int | None, engine: str | None, gpu_memory: float | None, shapes=None):
     """(rows of the memory table, any stage does not fit, predictions) for `stages`."""
     from dataclasses import replace
 
@@ -37,7 +37,7 @@ def memory_rows(cfg, stages: list[str], gpus: int | None, engine: str | None, gp
     rows, too_big, predictions = [], False, []
     for stage in stages:
         st = cfg.stage(stage)
-        w = plan.workload(cfg, stage, gpus, engine)
+        w = plan.workload(cfg, stage, gpus, engine, shape=(shapes or {}).get(stage))
         p = memory.predict(w)
         predictions.append((stage, p))
         states = sum(v for k, v in p.parts.items() if not k.startswith(("activations", "backward")))
@@ -90,13 +90,14 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             fail(f"--engine: {e}")
         console = Console(soft_wrap=False, width=160)
+        shapes = {s: plan.model_shape(cfg, s) for s in stages}  # one meta-device build per stage
 
         failed = []
         if not skip_checks:
             table = Table(title=f"opensora doctor: {cfg.preset} preset, project {cfg.project_dir}")
             for col in ("check", "status", "verdict"):
                 table.add_column(col, overflow="fold")
-            for c in checks.run_checks(cfg, plan.disk_needs(cfg, stages), gpus, engine):
+            for c in checks.run_checks(cfg, plan.disk_needs(cfg, stages, shapes), gpus, engine):
                 table.add_row(c.name, STATUS_STYLE[c.status], c.verdict)
                 if c.failed:
                     failed.append(f"{c.name}: {c.verdict}")
@@ -104,7 +105,7 @@ def register(app: typer.Typer) -> None:
 
         detected = _detected_gpu_memory_gib()
         memory_gib = gpu_memory or detected
-        rows, too_big, predictions = memory_rows(cfg, stages, gpus, engine, memory_gib)
+        rows, too_big, predictions = memory_rows(cfg, stages, gpus, engine, memory_gib, shapes)
         title = "per-GPU memory (GiB): " + (f"{memory_gib:.0f} GiB per GPU" + (" (detected)" if gpu_memory is None else "")
                                             if memory_gib else "no GPU here and no --gpu-memory: predictions only")
         table = Table(title=title)

@@ -115,7 +115,7 @@ def clip_count(cfg: Config) -> int | None:
     return None
 
 
-def disk_needs(cfg: Config, stages: list[str]) -> list[DiskNeed]:
+def disk_needs(cfg: Config, stages: list[str], shapes: dict[str, ModelShape] | None = None) -> list[DiskNeed]:
     """What the stages write under run_dir: latent caches (fp32 latents + caption embeddings + mask per clip) and
     checkpoints (model + EMA safetensors and the AdamW state, keep_last of them plus one being written)."""
     from opensora_core.train.init import latent_size
@@ -123,7 +123,7 @@ def disk_needs(cfg: Config, stages: list[str]) -> list[DiskNeed]:
     needs = []
     clips = clip_count(cfg)
     for stage in stages:
-        shape = model_shape(cfg, stage)
+        shape = (shapes or {}).get(stage) or model_shape(cfg, stage)
         if cfg.train.use_latent_cache and clips is not None:
             t, h, w = latent_size(cfg, stage)
             n, cc = cfg.text_encoder.model_max_length, cfg.text_encoder.hidden_size
