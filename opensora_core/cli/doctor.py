@@ -40,8 +40,9 @@ def memory_rows(cfg, stages: list[str], gpus: int | None, engine: str | None, gp
         w = plan.workload(cfg, stage, gpus, engine, shape=(shapes or {}).get(stage))
         p = memory.predict(w)
         predictions.append((stage, p))
-        states = sum(v for k, v in p.parts.items() if not k.startswith(("activations", "backward")))
-        activations = p.peak - states
+        encoders = sum(v for k, v in p.parts.items() if k in ("encoder weights", "VAE encoding workspace"))
+        activations = sum(v for k, v in p.parts.items() if k.startswith(("activations", "backward")))
+        states = p.peak - encoders - activations
         if budget is None:
             verdict = "[dim]give --gpu-memory[/]"
         elif p.peak <= budget:
@@ -54,7 +55,7 @@ def memory_rows(cfg, stages: list[str], gpus: int | None, engine: str | None, gp
                 verdict += f" ({memory.largest_batch(replace(w, grad_checkpoint=True), budget)} with grad_checkpoint)"
         rows.append([stage, f"{st.num_frames}x{st.image_size}", str(w.batch), "yes" if w.grad_checkpoint else "no",
                      f"{w.engine} x{w.gpus}" + (f" sp{w.sp_size}" if w.sp_size > 1 else ""), w.dtype,
-                     _gib(states), _gib(activations), _gib(p.peak), verdict])
+                     _gib(states), _gib(activations), _gib(encoders) if w.encoders else "cached", _gib(p.peak), verdict])
     return rows, too_big, predictions
 
 
@@ -110,7 +111,7 @@ def register(app: typer.Typer) -> None:
                                             if memory_gib else "no GPU here and no --gpu-memory: predictions only")
         table = Table(title=title)
         for col in ("stage", "frames x size", "batch/GPU", "grad ckpt", "engine", "dtype", "model states",
-                    "activations", "peak", "verdict"):
+                    "activations", "VAE+T5", "peak", "verdict"):
             table.add_column(col, overflow="fold")
         for row in rows:
             table.add_row(*row)
