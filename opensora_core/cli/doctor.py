@@ -90,7 +90,10 @@ def register(app: typer.Typer) -> None:
             plan.memory_engine(cfg, engine)
         except ValueError as e:
             fail(f"--engine: {e}")
-        console = Console(soft_wrap=False, width=160)
+        import sys
+
+        # a terminal's own width; piped or captured output gets one line per row (greppable verdicts)
+        console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
         shapes = {s: plan.model_shape(cfg, s) for s in stages}  # one meta-device build per stage
 
         failed = []
