@@ -170,24 +170,25 @@ def _yaml_syntax(rng: random.Random, base: dict, text: str) -> Mutation:
     i = rng.choice(value_lines)
     indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
     choice = rng.randrange(5)
+    line = f"line {i + 1}, "  # where the parser must point (1-based)
     if choice == 0:
         lines.insert(i, f"\t{indent}tabbed: 1")
         what = "a tab as indentation"
     elif choice == 1:
         key = lines[i].split(":")[0]
         lines[i] = f"{key}: [unclosed, list"
-        what = "an unclosed [ list"
+        what, line = "an unclosed [ list", "line "  # found where the list should have closed
     elif choice == 2:
         lines[i] = lines[i].split(" #")[0] + ": extra: colon"
         what = "a second ': ' on a line"
     elif choice == 3:
         lines.insert(i + 1, f"{indent}- stray list item")
-        what = "a list item inside a mapping"
+        what, line = "a list item inside a mapping", f"line {i + 2}, "
     else:
         key = lines[i].split(":")[0]
         lines[i] = f"{key}: *no_such_anchor"
         what = "an undefined alias"
-    return Mutation("yaml_syntax", f"{what} near line {i + 1}", "\n".join(lines) + "\n", ["not valid YAML", "line "])
+    return Mutation("yaml_syntax", f"{what} at line {i + 1}", "\n".join(lines) + "\n", ["not valid YAML", line])
 
 
 def _deleted(rng: random.Random, base: dict, text: str) -> Mutation:
