@@ -45,8 +45,8 @@ def register(app: typer.Typer) -> None:
             summary = train_stage(cfg, stage, track=not no_track)
         except NonFiniteLossError as e:
             fail(str(e), EXIT_NONFINITE)
-        except CheckpointError as e:
-            fail(str(e), EXIT_CHECKPOINT)
+        except CheckpointError as e:  # the class name too: the pipeline quotes the job's last line naming an Error
+            fail(f"{type(e).__name__}: {e}", EXIT_CHECKPOINT)
         except Terminated as e:
             typer.secho(f"stopped: {e}; resume by running the same command", err=True)
             sys.exit(EXIT_TERMINATED)
