@@ -96,6 +96,19 @@ def test_no_complete_checkpoint_stops_with_a_clear_message_and_deletes_nothing(t
     assert tree(tmp_path) == before
 
 
+def test_training_with_no_complete_checkpoint_exits_4_naming_what_is_wrong_and_deletes_nothing(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    root = cfg.paths.ckpt_dir(STAGE)
+    for d in [_save(root, 3), _save(root, 6)]:
+        (d / "meta.json").write_text("{")
+    before = tree(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--stage", STAGE, "--no-track", "--params", str(PARAMS),
+                                      *tiny_overrides(tmp_path / "run")])
+    assert result.exit_code == 4, result.output
+    assert "CheckpointError: no complete checkpoint" in result.output and "meta.json unreadable" in result.output
+    assert tree(tmp_path) == before
+
+
 def test_keep_last_never_deletes_the_newest_complete_checkpoint(tmp_path):
     _save(tmp_path, 1)
     truncate_to_half(_save(tmp_path, 2) / "model.safetensors")  # newest, and `latest`, but damaged
