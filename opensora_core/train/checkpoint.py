@@ -212,27 +212,32 @@ def read_latest(ckpt_root: Path) -> Path | None:
     return d if d is not None and (d / META).is_file() else None
 
 
-def resolve_checkpoint(path: Path, what: str = "checkpoint") -> Path:
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
+
+
+def resolve_checkpoint(path: Path, what: str = "checkpoint", only: tuple[str, ...] | None = WEIGHT_FILES) -> Path:
     """The verified step directory to load from `path`: a step directory (must verify) or a stage directory
     (its `latest`, else the newest complete checkpoint, with a warning naming what was wrong with each newer
-    one). Raises CheckpointError (deleting nothing) when there is none; FileNotFoundError when `path` holds
-    no checkpoint at all."""
+    one). `only`: the files that must verify (default: the weights, what init and sampling load; None: all).
+    Raises CheckpointError (deleting nothing) when there is none; FileNotFoundError when `path` holds no
+    checkpoint at all."""
     path = Path(path)
     if (path / META).is_file() or path.name.startswith("step_"):
-        problems = verify_checkpoint(path)
+        problems = verify_checkpoint(path, only=only)
         if problems:
             raise CheckpointError(f"{what} {path} is damaged: {'; '.join(problems)}")
         return path
-    found = newest_complete_checkpoint(path)
+    found = newest_complete_checkpoint(path, only=only)
     if found is None:
         raise FileNotFoundError(f"{path}: no checkpoint (no {META}, no `latest`, no step_* directories)")
     return found
 
 
-def newest_complete_checkpoint(ckpt_root: Path) -> Path | None:
+def newest_complete_checkpoint(ckpt_root: Path, only: tuple[str, ...] | None = None) -> Path | None:
     """`latest` if it verifies, else the newest step directory that does (warning with what was wrong with
     the ones passed over). None when the directory holds no checkpoint at all; CheckpointError when it holds
-    some but none verifies (nothing is deleted: the files may still be recoverable by hand)."""
+    some but none verifies (nothing is deleted: the files may still be recoverable by hand). `only`: verify
+    just these files (see verify_checkpoint); a resume verifies everything."""
     ckpt_root = Path(ckpt_root)
     steps = sorted((p for p in ckpt_root.glob("step_*") if p.is_dir()), reverse=True)
     latest_file = ckpt_root / LATEST
@@ -244,7 +249,7 @@ def newest_complete_checkpoint(ckpt_root: Path) -> Path | None:
     if latest_file.exists() and not named:
         rejected.append("`latest` unreadable")
     for d in candidates:
-        problems = verify_checkpoint(d)
+        problems = verify_checkpoint(d, only=only)
         if not problems:
             if rejected:
                 log.warning("checkpoint %s: %s; using %s instead", ckpt_root, "; ".join(rejected), d.name)

@@ -127,6 +127,13 @@ def test_next_stage_init_verifies_and_falls_back(tmp_path, caplog):
     assert "ema.safetensors checksum mismatch" in caplog.text
 
 
+def test_weights_only_readers_hash_only_the_weights_a_resume_hashes_everything(tmp_path):
+    _save(tmp_path, 1)
+    flip_last_byte(_save(tmp_path, 2) / "optimizer.pt")
+    assert float(ckpt.load_ema_weights(tmp_path)["w"][0, 0]) == 2.0  # its weights are intact: init may use them
+    assert ckpt.resume_point(tmp_path).name == "step_0000001"  # a resume needs the optimizer too
+
+
 def test_sample_refuses_a_damaged_checkpoint_naming_the_file_and_writes_nothing(tmp_path):
     d = _save(tmp_path / "ckpt", 1)
     truncate_to_half(d / "model.safetensors")
