@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from opensora_core.project import find_root
 
 
-def configure_prefect_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """Set (unless already set) the Prefect settings for local, server-less runs; returns what applies."""
+def configure_prefect_env(root: Path | None = None) -> dict[str, str]:
+    """Set (unless already set) the Prefect settings for local, server-less runs of the project at `root` (default:
+    the project around the working directory); returns what applies. Outside any project it sets nothing (a command
+    that would write stops there with 'run opensora init', and must not leave a .prefect folder behind)."""
+    root = root or find_root()
+    if root is None:
+        return {}
     home = root / ".prefect"
     defaults = {
         "PREFECT_HOME": str(home),
@@ -26,4 +31,3 @@ def configure_prefect_env(root: Path = PROJECT_ROOT) -> dict[str, str]:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     return {k: os.environ[k] for k in defaults}
-

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from opensora_core import stages
-from opensora_core.config import DEFAULT_PARAMS, PROJECT_ROOT, Config
+from opensora_core.config import Config
 
 # DVC's hints after each stage (git add dvc.lock, autostage, dvc push): noise in a flow's log
 _DVC_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
@@ -54,12 +54,18 @@ def select_stages(cfg: Config, wanted: list[str] | None) -> list[str]:
 
 def dvc_can_record(params: stages.Params, cfg: Config) -> bool:
     """True when `dvc repro` would run exactly this config: the project's params.yaml, its preset, no change."""
-    if not all((PROJECT_ROOT / p).exists() for p in ("dvc.yaml", ".dvc", ".git")):  # DVC needs its repo inside git
+    root = cfg.project_dir
+    if not (root / "dvc.yaml").exists() or not _inside_dvc_repo(root):
         return False
-    if params.path and Path(params.path).resolve() != DEFAULT_PARAMS.resolve():
+    if params.path and Path(params.path).resolve() != (root / "params.yaml").resolve():
         return False
-    plain = stages.Params().load()
-    return plain.model_dump() == cfg.model_dump() and cfg.root == PROJECT_ROOT / "runs" / cfg.preset
+    plain = stages.Params(str(root / "params.yaml")).load()
+    return plain.model_dump() == cfg.model_dump() and cfg.root == root / "runs" / cfg.preset
+
+
+def _inside_dvc_repo(root: Path) -> bool:
+    """DVC needs its repo (`.dvc`) at the project root, inside a git work tree (here or in a parent folder)."""
+    return (root / ".dvc").is_dir() and any((d / ".git").exists() for d in (root, *root.parents))
 
 
 def stage_command(stage_id: str, params: stages.Params, use_dvc: bool, force: bool) -> list[str]:
@@ -88,7 +94,7 @@ def run_stage_process(stage_id: str, params: stages.Params, use_dvc: bool, force
         if not (use_dvc and line.strip().startswith(_DVC_HINTS)):
             on_line(line)
 
-    rc = stages.stream_command(stage_command(stage_id, params, use_dvc, force), forward, env=env, cwd=PROJECT_ROOT)
+    rc = stages.stream_command(stage_command(stage_id, params, use_dvc, force), forward, env=env, cwd=cfg.project_dir)
     if rc != 0:
         raise RuntimeError(f"stage {stage_id} failed (exit status {rc}); see the log above")
     rec = stages.read_record(cfg, stage_id) or {}

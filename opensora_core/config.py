@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+from opensora_core import project
+
 OVERRIDABLE_SECTIONS = ("run_dir", "model", "vae", "text_encoder", "data", "train", "stages", "eval", "tracking")
 STAGE_ORDER = ("pretrain_256", "finetune_512", "finetune_64f")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader: ~10x faster, same results
@@ -204,12 +204,23 @@ class Config(_Strict):
                 )
         return self
 
+    # the project this config was loaded from (the folder of params.yaml); not a parameter
+    _project_dir: Path | None = PrivateAttr(default=None)
+
     # --- derived values, so no stage recomputes them differently ---
+    @property
+    def project_dir(self) -> Path:
+        """The project root: every relative path of the config is taken from here (opensora_core.project)."""
+        return self._project_dir or project.find_root() or Path.cwd()
+
+    def resolve_path(self, value: str | Path) -> Path:
+        """A relative path of the config (run_dir, data.src, eval.prompts, ...) taken from the project root."""
+        return project.resolve(self.project_dir, value)
+
     @property
     def root(self) -> Path:
         """Run directory of this preset (absolute; relative paths are taken from the project root)."""
-        p = Path(self.run_dir)
-        return p if p.is_absolute() else PROJECT_ROOT / p
+        return self.resolve_path(self.run_dir)
 
     @property
     def paths(self) -> RunPaths:
@@ -352,9 +363,22 @@ def _format_yaml_error(err: yaml.YAMLError, path: Path) -> str:
     return f"{path} is not valid YAML: {where}{what}"
 
 
+def params_path(path: str | Path | None = None) -> tuple[Path, Path]:
+    """(params file, project root): the given file and the project it lives in (the nearest folder upward holding
+    a params.yaml, else its own folder), or the project's params.yaml. Raises ConfigError outside any project."""
+    if path:
+        path = Path(path).expanduser().resolve()
+        return path, project.find_root(path) or path.parent
+    root = project.find_root()
+    if root is None:
+        raise ConfigError(project.NOT_FOUND)
+    return root / project.PARAMS_FILE, root
+
+
 def load_config(path: str | Path | None = None, preset: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read params.yaml, pick the preset, apply overrides, validate. Raises ConfigError naming field and file."""
-    path = Path(path) if path else DEFAULT_PARAMS
+    """Read params.yaml (default: the project's, see opensora_core.project), pick the preset, apply overrides,
+    validate. Raises ConfigError naming field and file."""
+    path, root = params_path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}
     except FileNotFoundError:
@@ -391,9 +415,11 @@ def load_config(path: str | Path | None = None, preset: str | None = None, overr
     tree["preset"] = name
     tree["seed"] = top_over.get("seed", 42)
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e, path)) from None
+    cfg._project_dir = root
+    return cfg
 
 
 def config_from_json(text: str) -> Config:

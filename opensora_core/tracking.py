@@ -16,36 +16,53 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from opensora_core.config import PROJECT_ROOT, Config
+from opensora_core.config import Config
 
 PARENT_ENV = "OPENSORA_PARENT_RUN_ID"
 TAGS_ENV = "OPENSORA_RUN_TAGS"  # JSON object of extra tags for every run of a job (e.g. {"comparison": "precision"})
 RUN_ENV = "OPENSORA_MLFLOW_RUN_ID"  # set to resume logging into an existing run (e.g. a retried stage)
 
 
-def resolve_uri(uri: str) -> str:
+def resolve_uri(uri: str, root: Path) -> str:
     """Relative `sqlite:///x.db` and plain paths are taken from the project root, so every front door agrees."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
         return env
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{PROJECT_ROOT / uri.removeprefix('sqlite:///')}"
+        return f"sqlite:///{root / uri.removeprefix('sqlite:///')}"
     if "://" not in uri:
-        return str(PROJECT_ROOT / uri)
+        return str(root / uri)
     return uri
+
+
+# MLflow 3's UI opens an experiment by its kind: this one is model training (runs table, charts), not GenAI traces
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def tracking_root(cfg: Config) -> Path:
+    """Where relative tracking URIs point: the project, or, inside a DVC experiment (`dvc exp run --temp`, a queued
+    one), the project DVC copied, so a sweep's runs land in the user's MLflow store and not in a deleted temp copy."""
+    if os.environ.get("DVC_EXP_NAME") and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    return cfg.project_dir
 
 
 def configure(cfg: Config):
     """Point MLflow at the config's tracking URI and experiment; returns the mlflow module."""
     import mlflow
 
-    uri = resolve_uri(cfg.tracking.uri)
+    uri = resolve_uri(cfg.tracking.uri, tracking_root(cfg))
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
         # SQLite backend: artifacts in mlartifacts/ beside the database (the project root by default)
         artifacts = Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" if uri.startswith("sqlite:///") else None
         with contextlib.suppress(Exception):  # another process may create it at the same moment
-            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri() if artifacts else None)
+            mlflow.create_experiment(cfg.tracking.experiment, artifact_location=artifacts.as_uri() if artifacts else None,
+                                     tags=EXPERIMENT_KIND)
+    elif not all(exp.tags.get(k) == v for k, v in EXPERIMENT_KIND.items()):  # made by an older version
+        for k, v in EXPERIMENT_KIND.items():
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, k, v)
     mlflow.set_experiment(cfg.tracking.experiment)
     return mlflow
 
@@ -53,6 +70,8 @@ def configure(cfg: Config):
 def run_tags(cfg: Config, stage: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, str]:
     lr = cfg.stages[stage].lr if stage in cfg.stages and cfg.stages[stage].lr else cfg.train.lr
     tags = {"preset": cfg.preset, "dtype": cfg.train.dtype, "lr": f"{lr:g}", "engine": cfg.train.engine}
+    if os.environ.get("DVC_EXP_NAME"):  # run by `dvc exp run`: the name `dvc exp show` lists it under
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
     if stage:
         tags["stage"] = stage
     tags.update({k: str(v) for k, v in (extra or {}).items()})

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
+from pathlib import Path
 
 import typer
+
+from opensora_core.project import PROJECT_ENV
 
 app = typer.Typer(
     name="opensora",
@@ -16,7 +20,7 @@ app = typer.Typer(
 )
 
 # Order = order in `opensora --help`.
-_AREAS = ("config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench")
+_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench")
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"opensora_core.cli.{_area}")
@@ -25,6 +29,15 @@ for _area in _AREAS:
             raise
         continue
     _module.register(app)
+
+
+@app.callback()
+def _project_option(
+    project: Path = typer.Option(None, "--project", help="the project folder (default: the nearest folder from here "
+                                 "upward holding params.yaml)", envvar=PROJECT_ENV, show_envvar=True),
+) -> None:
+    if project is not None:  # in the environment, so every subprocess (DVC, torchrun ranks, Prefect) agrees
+        os.environ[PROJECT_ENV] = str(project.expanduser().resolve())
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @app.command("sample")
     def sample(
         checkpoint: Path = typer.Option(..., "--checkpoint", help="a stage checkpoint dir (uses `latest`) or a step_XXXXXXX dir"),
-        prompts: Path = typer.Option(..., "--prompts", help="text file, one prompt per line (e.g. assets/prompts/tiny_heldout.txt)"),
+        prompts: Path = typer.Option(..., "--prompts", help="text file, one prompt per line (a bundled one by its name, e.g. assets/prompts/showcase.txt)"),
         cfg_scale: float = typer.Option(7.0, "--cfg", help="classifier-free guidance scale"),
         steps: int = typer.Option(100, "--steps", help="IDDPM sampling steps (respaced)"),
         seed: int = typer.Option(0, "--seed"),
@@ -27,8 +27,10 @@ def register(app: typer.Typer) -> None:
 
         if not checkpoint.exists():
             fail(f"checkpoint {checkpoint} not found")
+        from opensora_core import project
+
         try:
-            texts = read_prompts(prompts)
+            texts = read_prompts(project.bundled_or_project(Path.cwd(), prompts))
         except (OSError, ValueError) as e:
             fail(str(e))
         out = out or checkpoint / "samples"

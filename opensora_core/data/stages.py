@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from opensora_core import project
 from opensora_core.data.cache import build_latent_cache  # noqa: F401  (re-exported: the third data stage)
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def prepare_data(cfg, progress: bool = True) -> Path:
     else:
         from opensora_core.data.ingest import ingest
 
-        ingest(d.src, paths.raw_dir, min_duration=d.min_duration, max_duration=d.max_duration,
+        ingest(d.src if project.is_remote(d.src) else cfg.resolve_path(d.src), paths.raw_dir, min_duration=d.min_duration, max_duration=d.max_duration,
                min_resolution=d.min_resolution, progress=progress)
     stamp.write_text(json.dumps(want))
     return paths.raw_manifest

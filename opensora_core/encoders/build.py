@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from opensora_core import project
 from opensora_core.config import Config
 from opensora_core.encoders.text import T5Encoder
 from opensora_core.encoders.tiny_text import create_tiny_text_encoder
@@ -19,10 +20,11 @@ def _missing_tiny(what: str, folder: Path, command: str) -> FileNotFoundError:
     )
 
 
-def _weights_source(pretrained: str | None, tiny_folder: Path, what: str, command: str) -> str | Path:
-    """`pretrained` (hub id or folder) as given; null means the tiny model the pipeline built in `tiny_folder`."""
+def _weights_source(cfg: Config, pretrained: str | None, tiny_folder: Path, what: str, command: str) -> str | Path:
+    """`pretrained` (hub id, or a folder taken from the project root); null means the tiny model the pipeline built
+    in `tiny_folder`."""
     if pretrained is not None:
-        return pretrained
+        return project.resolve_local_or_id(cfg.project_dir, pretrained)
     if not (tiny_folder / "config.json").is_file():
         raise _missing_tiny(what, tiny_folder, command)
     return tiny_folder
@@ -31,7 +33,7 @@ def _weights_source(pretrained: str | None, tiny_folder: Path, what: str, comman
 def build_vae(cfg: Config, device: str = "cpu") -> VideoAutoencoderKL:
     """The configured VAE, frozen; checks that its downsampling and latent channels agree with `cfg.vae`."""
     v = cfg.vae
-    source = _weights_source(v.pretrained, cfg.paths.vae_dir, "vae", "opensora vae train")
+    source = _weights_source(cfg, v.pretrained, cfg.paths.vae_dir, "vae", "opensora vae train")
     vae = VideoAutoencoderKL.from_pretrained(source, scaling_factor=v.scaling_factor, micro_batch_size=v.micro_batch_size)
     if vae.downsample != v.downsample or vae.out_channels != v.latent_channels:
         raise ValueError(
@@ -53,7 +55,7 @@ def ensure_tiny_text_encoder(cfg: Config) -> Path:
 def build_text_encoder(cfg: Config, device: str = "cpu") -> T5Encoder:
     """The configured T5 encoder, frozen fp32; checks its width against `cfg.text_encoder.hidden_size`."""
     te = cfg.text_encoder
-    source = _weights_source(te.pretrained, cfg.paths.text_encoder_dir, "text_encoder", "opensora text-encoder init")
+    source = _weights_source(cfg, te.pretrained, cfg.paths.text_encoder_dir, "text_encoder", "opensora text-encoder init")
     enc = T5Encoder.from_pretrained(source, model_max_length=te.model_max_length, device=device)
     if enc.hidden_size != te.hidden_size:
         raise ValueError(f"the text encoder at {source} has width {enc.hidden_size}, params say "

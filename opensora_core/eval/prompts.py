@@ -3,7 +3,7 @@
 Source of prompts, in order: `cfg.eval.prompts` (a text file, one prompt per line; ground truth parsed back
 from synthetic captions where possible), else the manifest's val split (ground truth from its columns;
 single-object clips first, interleaved across motions so a short list still covers every direction), else
-the shipped `assets/prompts/tiny_heldout.txt`.
+the bundled `assets/prompts/tiny_heldout.txt` (package data, see opensora_core.project).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from opensora_core.config import PROJECT_ROOT, Config
+from opensora_core import project
+from opensora_core.config import Config
 from opensora_core.data.synthetic import BACKGROUNDS, COLORS, SHAPES, SIZES
 
-TINY_HELDOUT = PROJECT_ROOT / "assets" / "prompts" / "tiny_heldout.txt"
+TINY_HELDOUT = "assets/prompts/tiny_heldout.txt"
 _PHRASE_MOTION = {"moves to the left": "left", "moves to the right": "right", "moves up": "up", "moves down": "down",
                   "zooms in": "zoom_in", "zooms out": "zoom_out", "rotates": "rotate"}
 _OBJECT = re.compile(r"a (?P<size>{}) (?P<color>{}) (?P<shape>{}) (?P<motion>{})".format(
@@ -57,8 +58,7 @@ def heldout_rows(cfg: Config, n: int | None = None) -> list[dict[str, Any]]:
     if cfg.eval.prompts:
         from opensora_core.eval.sample import read_prompts
 
-        path = Path(cfg.eval.prompts)
-        path = path if path.is_absolute() else PROJECT_ROOT / path
+        path = project.bundled_or_project(cfg.project_dir, cfg.eval.prompts)
         return [parse_synthetic_caption(p) or {"text": p} for p in read_prompts(path)[:n]]
     if cfg.paths.manifest.is_file():
         from opensora_core.data.manifest import read_manifest
@@ -71,7 +71,7 @@ def heldout_rows(cfg: Config, n: int | None = None) -> list[dict[str, Any]]:
                     for r in _interleave(df, n).drop(columns=["_single"], errors="ignore").to_dict("records")]
     from opensora_core.eval.sample import read_prompts
 
-    return [parse_synthetic_caption(p) or {"text": p} for p in read_prompts(TINY_HELDOUT)[:n]]
+    return [parse_synthetic_caption(p) or {"text": p} for p in read_prompts(project.resource(*Path(TINY_HELDOUT).parts))[:n]]
 
 
 def read_clip(path: str | Path, num_frames: int, frame_interval: int, image_size: int, start: float | None = None):

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from opensora_core import project
 from opensora_core.config import Config
 from opensora_core.train.checkpoint import META, load_ema_weights
 
@@ -69,8 +70,8 @@ def init_source(cfg: Config, stage: str) -> str:
         prev = cfg.previous_stage(stage)
         if prev is not None:
             return f"stage:{prev}"
-        return cfg.model.init_from or "scratch"
-    return choice
+        return project.resolve_local_or_id(cfg.project_dir, cfg.model.init_from) if cfg.model.init_from else "scratch"
+    return project.resolve_local_or_id(cfg.project_dir, choice)
 
 
 def init_weights(model: nn.Module, cfg: Config, stage: str) -> str:

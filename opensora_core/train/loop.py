@@ -17,6 +17,7 @@ import random
 import signal
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,16 +61,30 @@ def _scheduler_state(scheduler) -> dict:
     return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
 
 
-def _git_commit() -> str:
+def _git_commit(project_dir: Path) -> str:
+    """The project's commit (the user's repository, not the installed tool's)."""
     import subprocess
 
-    from opensora_core.config import PROJECT_ROOT
-
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project_dir, capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def _dataset_lineage(cfg: Config, stage: str, out_dir: Path, is_main: bool):
+    """(clip list, summary) of what trains this stage (opensora_core.data.lineage); rank 0 writes the list beside
+    the checkpoints. (None, None) when the stage trains without a manifest (hand-made caches in tests)."""
+    from opensora_core.data import lineage
+
+    try:
+        clips = lineage.training_clips(cfg, stage)
+    except (FileNotFoundError, KeyError) as e:
+        log.warning("no dataset lineage for %s: %s", stage, e)
+        return None, None
+    if is_main:
+        lineage.write_clips(clips, out_dir)
+    return clips, lineage.describe(cfg, stage, clips)
 
 
 @contextlib.contextmanager
@@ -180,18 +195,20 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     model_ref = engine.unwrap(train_model)
     tokens_per_sample = model_ref.num_tokens(latent_size(cfg, stage)) if hasattr(model_ref, "num_tokens") else 0
     global_batch = st.batch_size * dp_size
-    tags = {"engine": tc.engine, "git_commit": _git_commit(), "checkpoint_dir": str(out_dir), "init": init_desc,
+    tags = {"engine": tc.engine, "git_commit": _git_commit(cfg.project_dir), "checkpoint_dir": str(out_dir), "init": init_desc,
             "world_size": env.world_size, "sp_size": sp_size}
     if env.is_main:
         log.info("stage %s: %s, %d params, %d ranks (sp %d), batch %d/rank, lr %g, %s, steps %d -> %d",
                  stage, init_desc, sum(p.numel() for p in model.parameters()), env.world_size, sp_size,
                  st.batch_size, lr, tc.dtype, step, st.max_steps)
 
+    clips, dataset = _dataset_lineage(cfg, stage, out_dir, env.is_main)
+
     def save(step_now: int, run_id: str | None) -> None:
         state = ckpt.TrainState(
             step=step_now, epoch=epoch, sampler=data.sampler.state_dict(consumed=batches_in_epoch * st.batch_size), scaler=scaler.state_dict(),
             scheduler=_scheduler_state(scheduler), nan_guard=guard.state_dict(), mlflow_run_id=run_id,
-            config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc})
+            config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc, "dataset": dataset})
         # collective for every engine (ColossalAI gathers optimizer shards and writes its files first)
         optimizer_state = engine.save_state(out_dir, ckpt.step_dir_name(step_now), train_model, optimizer)
         path = ckpt.save_checkpoint(out_dir, state, model_ref.state_dict(), ema.state_dict(),
@@ -202,6 +219,10 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
 
     with _tracking(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as mlflow:
         run_id = mlflow.active_run().info.run_id if mlflow else (meta.mlflow_run_id if meta else None)
+        if mlflow and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
+            from opensora_core.data import lineage
+
+            lineage.log_input(mlflow, clips, dataset)
         metrics = MetricsLog(out_dir, mlflow, resume_step=step) if env.is_main else None
         t_start, last_loss = time.perf_counter(), float("nan")
         train_model.train()

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opensora_core.config import DEFAULT_PARAMS, ConfigError, load_config
+from opensora_core.config import ConfigError, load_config
+
+DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # this repository is a project
 
 
 def _params_with(tmp_path: Path, edit) -> Path:
@@ -82,7 +84,8 @@ def test_unknown_preset_is_refused():
 
 def test_cli_exits_2_before_writing_anything(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "opensora_core.cli.main_module", "config", "show", "train.dtype=fp8"],
+        [sys.executable, "-m", "opensora_core.cli.main_module", "--project", str(DEFAULT_PARAMS.parent), "config", "show",
+         "train.dtype=fp8"],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert out.returncode == 2, out.stderr

@@ -1,5 +1,6 @@
-"""End to end, as a user would run it, in a fresh copy of the project with a very small tiny preset:
-the Prefect flow runs every real stage (training through torchrun, 2 ranks) and records them through DVC, so
+"""End to end, as a user would run it: the tool built as a wheel and installed (not editable) beside the
+project, `opensora init` of a fresh project outside this checkout, a very small tiny preset. The Prefect flow
+runs every real stage (training through torchrun, 2 ranks) and records them through DVC, so
 `dvc status` is clean and `dvc repro` has nothing to do afterwards; a changed parameter reruns only what
 depends on it; MLflow's REST API lists the parent run and the stage runs; a precision comparison yields two
 training runs with loss histories. Slow (a few minutes on 2 cores): the stages are real."""
@@ -7,8 +8,6 @@ training runs with loss histories. Slow (a few minutes on 2 cores): the stages a
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,70 +19,36 @@ import pytest
 import yaml
 
 from opensora_core import stages
-from opensora_core.config import PROJECT_ROOT, load_config
+from opensora_core.config import load_config
+
+from conftest import opensora, sh
 
 pytestmark = pytest.mark.slow
 
-SMALL = {  # presets.tiny keys: seconds per stage instead of minutes
-    "data": {"num_videos": 16},
-    "vae": {"train_steps": 10, "train_batch_size": 8},
-    "train": {"ckpt_every": 2, "log_every": 1},
-    "stages": {"pretrain_256": {"max_steps": 3, "batch_size": 4}, "finetune_512": {"max_steps": 2, "batch_size": 4},
-               "finetune_64f": {"max_steps": 2, "batch_size": 2}},
-    "eval": {"num_prompts": 2, "sampling_steps": 3},
-}
+
+def test_the_installed_tool_is_the_wheel_not_this_checkout(installed, clone):
+    site, env = installed
+    root, _ = clone
+    out = sh([sys.executable, "-c", "import opensora_core, flows; print(opensora_core.__file__, flows.__file__)"], root, env)
+    assert out.stdout.split() == [str(site / "opensora_core" / "__init__.py"), str(site / "flows" / "__init__.py")]
+    assert (site / "opensora_core" / "resources" / "template" / "params.yaml").is_file()
 
 
-def _merge(base: dict, extra: dict) -> None:
-    for k, v in extra.items():
-        if isinstance(v, dict):
-            _merge(base.setdefault(k, {}), v)
-        else:
-            base[k] = v
-
-
-def sh(cmd: list[str], root: Path, env: dict, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} -> {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
-    return out
-
-
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory):
-    """A fresh git + DVC checkout of the project's code with small parameters; commands import from it."""
-    root = tmp_path_factory.mktemp("clone")
-    for name in ("opensora_core", "flows"):
-        shutil.copytree(PROJECT_ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(PROJECT_ROOT / name, root / name)
-    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
-    _merge(params["presets"]["tiny"], SMALL)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PYTHONPATH": str(root), "PATH": f"{bindir}:{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "PREFECT_HOME": str(root / ".prefect"),
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / '.prefect' / 'prefect.db'}",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    for var in ("OPENSORA_PARENT_RUN_ID", "PREFECT_API_URL", "OPENSORA_RUN_TAGS"):
-        env.pop(var, None)
-    sh(["git", "init", "-q"], root, env)
-    sh([sys.executable, "-m", "dvc", "init", "-q"], root, env)
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-q", "-m", "fresh clone"], root, env)
-    return root, env
-
-
-def opensora(args: list[str], root: Path, env: dict, **kw) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "opensora_core.cli.main_module", *args], root, env, **kw)
-
-
-@pytest.fixture(scope="module")
-def flow_run(clone):
+def test_config_show_works_from_a_subfolder_of_the_project(clone):
     root, env = clone
-    t0 = time.time()
-    out = opensora(["pipeline", "run"], root, env)
-    return out, time.time() - t0
+    (root / "notebooks").mkdir(exist_ok=True)
+    out = opensora(["config", "show"], root / "notebooks", env)
+    assert "run_dir: runs/tiny" in out.stdout and "num_videos: 16" in out.stdout  # the project's own params.yaml
+
+
+def test_an_unknown_key_in_the_projects_params_exits_2_naming_it(installed, tmp_path):
+    site, env = installed
+    opensora(["init", str(tmp_path / "p")], tmp_path, env)
+    params = tmp_path / "p" / "params.yaml"
+    params.write_text(params.read_text().replace("\ntrain:\n", "\ntrain:\n  lr_schedule: cosine\n", 1))
+    out = opensora(["config", "show"], tmp_path / "p", env, check=False)
+    assert out.returncode == 2 and "train.lr_schedule: unknown key" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_prefect_flow_runs_every_stage_and_records_them_through_dvc(clone, flow_run):
@@ -92,6 +57,9 @@ def test_prefect_flow_runs_every_stage_and_records_them_through_dvc(clone, flow_
     print(f"pipeline through Prefect + DVC: {seconds:.0f} s")
     assert "recorded by DVC" in out.stdout + out.stderr
     assert (root / "runs/tiny/eval/metrics.json").exists()
+    # everything it wrote is inside the project: runs, MLflow's store, Prefect's state
+    assert (root / "mlflow.db").is_file() and (root / "mlartifacts").is_dir() and (root / ".prefect").is_dir()
+    assert [p.name for p in root.parent.iterdir()] == [root.name]
     assert (root / "dvc.lock").exists()
     status = sh([sys.executable, "-m", "dvc", "status"], root, env)
     assert "up to date" in status.stdout, status.stdout
@@ -128,7 +96,7 @@ def _free_port() -> int:
 def test_mlflow_rest_api_lists_the_parent_and_its_stage_runs_with_metrics(clone, flow_run):
     root, env = clone
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", env["MLFLOW_TRACKING_URI"],
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                               cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -164,7 +132,7 @@ def test_precision_comparison_yields_two_runs_with_loss_histories(clone, flow_ru
 
     root, env = clone
     opensora(["pipeline", "compare", "precision", "--stage", "pretrain_256", "--steps", "2"], root, env)
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("opensora-flow-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.comparison = 'precision' and tags.stage = 'pretrain_256'")
     train_runs = [r for r in runs if r.data.tags.get("pipeline") != "precision-comparison"]
@@ -174,15 +142,60 @@ def test_precision_comparison_yields_two_runs_with_loss_histories(clone, flow_ru
         assert len(client.get_metric_history(r.info.run_id, "loss")) >= 2
 
 
-def test_dvc_experiment_with_fp16_retrains_from_the_changed_parameter(clone, flow_run):
+def dvc(args: list[str], root: Path, env: dict, **kw) -> subprocess.CompletedProcess:
+    return sh([sys.executable, "-m", "dvc", *args], root, env, **kw)
+
+
+def _experiments(root: Path, env: dict):
+    """`dvc exp show` as a table: one row per experiment, params and metrics as columns."""
+    import io
+
+    import pandas as pd
+
+    return pd.read_csv(io.StringIO(dvc(["exp", "show", "--csv", "--no-pager"], root, env).stdout))
+
+
+@pytest.fixture(scope="module")
+def committed(clone, flow_run):
+    """The user commits what the pipeline recorded (dvc.lock), as `dvc exp` expects of a baseline."""
+    root, env = clone
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-q", "-m", "pipeline recorded"], root, env)
+    return clone
+
+
+def test_dvc_exp_run_temp_retrains_in_a_copy_and_tracks_into_the_projects_mlflow(committed):
     import mlflow
 
-    root, env = clone
-    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "train.dtype=fp16", "train@pretrain_256"], root, env)
+    root, env = committed
+    params_before = (root / "params.yaml").read_text()
+    out = dvc(["exp", "run", "--temp", "-n", "fp16-temp", "-S", "train.dtype=fp16", "train@pretrain_256"], root, env)
     ran = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["train@pretrain_256"], out.stdout
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert (root / "params.yaml").read_text() == params_before  # the workspace is untouched
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("opensora-flow-tiny")
-    runs = client.search_runs([exp.experiment_id], "tags.stage = 'pretrain_256' and tags.dtype = 'fp16'")
-    assert [r for r in runs if "comparison" not in r.data.tags]  # not the precision comparison's fp16 run
-    assert yaml.safe_load((root / "params.yaml").read_text())["train"]["dtype"] == "fp16"
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"  # MLflow's training view, not GenAI's
+    runs = client.search_runs([exp.experiment_id], "tags.dvc_experiment = 'fp16-temp'")
+    assert [r.data.tags["dtype"] for r in runs] == ["fp16"]
+    assert "fp16-temp" in set(_experiments(root, env)["Experiment"].dropna())
+
+
+@pytest.mark.timeout(1500)  # two experiments, each retraining three stages and evaluating
+def test_a_queued_lr_sweep_lists_both_experiments_with_their_evaluation_metrics(committed):
+    root, env = committed
+    for lr in ("1e-4", "2e-5"):
+        dvc(["exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.lr={lr}"], root, env)
+    dvc(["queue", "start", "-j", "1"], root, env)
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = dvc(["queue", "status"], root, env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status + dvc(["queue", "logs", "lr-1e-4"], root, env, check=False).stdout[-3000:]
+    table = _experiments(root, env).set_index("Experiment")
+    for lr in ("1e-4", "2e-5"):
+        row = table.loc[f"lr-{lr}"]
+        assert float(row["train.lr"]) == float(lr)
+        assert row["final.heldout_loss"] == row["final.heldout_loss"]  # a number, not NaN: evaluate ran in the experiment

@@ -63,20 +63,17 @@ def test_written_mp4_gif_and_grid_are_readable(tmp_path, decode_mp4):
     assert (tmp_path / "prompts.json").is_file()
 
 
-def test_prompt_files_ship_with_the_project():
-    from pathlib import Path
+def test_prompt_files_ship_with_the_tool():
+    from opensora_core.project import resource
 
-    root = Path(__file__).resolve().parents[2]
-    held = read_prompts(root / "assets/prompts/tiny_heldout.txt")
-    show = read_prompts(root / "assets/prompts/showcase.txt")
+    held = read_prompts(resource("assets", "prompts", "tiny_heldout.txt"))
+    show = read_prompts(resource("assets", "prompts", "showcase.txt"))
     assert len(held) >= 16 and len(show) >= 4
     assert any("night" in p for p in show)
     assert np.all([p == p.strip() for p in held])
 
 
 def test_synthetic_captions_parse_back_to_their_ground_truth():
-    from pathlib import Path
-
     from opensora_core.data.synthetic import clip_row, sample_clip_spec
     from opensora_core.eval.prompts import parse_synthetic_caption
 
@@ -85,6 +82,7 @@ def test_synthetic_captions_parse_back_to_their_ground_truth():
         row, got = clip_row(spec, "x", 32, 64), parse_synthetic_caption(spec.caption)
         assert {k: got[k] for k in ("color", "shape", "motion", "background", "num_objects")} == \
                {k: row[k] for k in ("color", "shape", "motion", "background", "num_objects")}
-    root = Path(__file__).resolve().parents[2]
-    assert all(parse_synthetic_caption(p) for p in read_prompts(root / "assets/prompts/tiny_heldout.txt"))
+    from opensora_core.project import resource
+
+    assert all(parse_synthetic_caption(p) for p in read_prompts(resource("assets", "prompts", "tiny_heldout.txt")))
     assert parse_synthetic_caption("A serene night scene in a forested area.") is None

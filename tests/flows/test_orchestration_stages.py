@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from opensora_core import stages
-from opensora_core.config import PROJECT_ROOT, load_config
+from opensora_core.config import load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # this repository is a project
 
 
 

@@ -52,3 +52,33 @@ def test_run_logs_step_metrics_and_a_resumed_job_logs_into_the_same_run(tmp_path
     assert client.get_run(first["mlflow_run_id"]).info.status == "FINISHED"
     final = json.loads((cfg.paths.ckpt_dir(STAGE) / "final.json").read_text())
     assert final["steps"] == 4 and final["final_loss"] > 0
+
+
+def test_the_run_and_every_checkpoint_name_the_clips_that_trained_them(tmp_path, mlflow_uri):
+    import mlflow
+    import pandas as pd
+
+    from opensora_core.data.manifest import write_manifest
+    from opensora_core.train.checkpoint import load_meta
+
+    cfg = tiny_config(tmp_path / "run", **{f"stages.{STAGE}.max_steps": 2, "train.ckpt_every": 1})
+    clips = pd.DataFrame({"path": [f"videos/c{i}.mp4" for i in range(4)], "text": ["a", "b", "c", "held out"],
+                          "num_frames": 8, "fps": 8.0, "height": 16, "width": 16, "start": [0.0, 1.0, 0.0, 0.0],
+                          "end": [1.0, 2.0, 1.0, 1.0], "sha256": ["s0", "s0", "s1", "s2"],
+                          "split": ["train", "train", "train", "val"]})
+    write_manifest(clips, cfg.paths.manifest)
+    out = train_stage(cfg, STAGE, track=True, dataset=RandomLatents(4))
+    listed = pd.read_csv(cfg.paths.ckpt_dir(STAGE) / "dataset.csv")
+    assert list(listed["path"]) == ["videos/c0.mp4", "videos/c1.mp4", "videos/c2.mp4"]  # the train split, with cuts
+    assert list(listed["start"]) == [0.0, 1.0, 0.0] and list(listed["sha256"]) == ["s0", "s0", "s1"]
+    meta = load_meta(cfg.paths.ckpt_dir(STAGE) / "step_0000001")
+    digest = meta.extra["dataset"]["digest"]
+    assert meta.extra["dataset"]["num_clips"] == 3 and load_meta(cfg.paths.ckpt_dir(STAGE) / "step_0000002").extra["dataset"]["digest"] == digest
+    run = mlflow.MlflowClient(mlflow_uri).get_run(out["mlflow_run_id"])
+    (logged,) = run.inputs.dataset_inputs
+    assert logged.dataset.digest == digest and logged.dataset.name == f"tiny-{STAGE}"
+    clips.loc[1, "text"] = "b, recaptioned"  # a changed caption is another dataset
+    write_manifest(clips, cfg.paths.manifest)
+    from opensora_core.data import lineage
+
+    assert lineage.digest(lineage.training_clips(cfg, STAGE)) != digest

@@ -1,0 +1,137 @@
+"""A project is a directory holding params.yaml, found from the working directory upward (as git finds .git),
+or named with --project / OPENSORA_PROJECT; every relative path of its config resolves there, never against the
+installed package. `opensora init` makes one."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opensora_core import project
+from opensora_core.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def opensora(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**{k: v for k, v in os.environ.items() if k != project.PROJECT_ENV}, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def proj(tmp_path, monkeypatch):
+    """A project made by `opensora init` (in-process), with a subfolder; cwd is the subfolder."""
+    monkeypatch.delenv(project.PROJECT_ENV, raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the config's own URI, not an earlier test's
+    root = tmp_path / "my-video-model"
+    project.init_project(root)
+    (root / "notebooks" / "deep").mkdir(parents=True)
+    monkeypatch.chdir(root / "notebooks" / "deep")
+    return root
+
+
+def test_the_root_is_the_nearest_folder_upward_holding_params_yaml(proj):
+    assert project.find_root() == proj
+    cfg = load_config()
+    assert cfg.project_dir == proj and cfg.root == proj / "runs" / "tiny"
+
+
+def test_opensora_project_names_the_root_whatever_the_working_directory(proj, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert project.find_root() is None
+    monkeypatch.setenv(project.PROJECT_ENV, str(proj))
+    assert load_config().root == proj / "runs" / "tiny"
+
+
+def test_relative_paths_of_the_config_resolve_against_the_project(proj):
+    from opensora_core import tracking
+    from opensora_core.encoders.build import _weights_source
+
+    cfg = load_config(overrides=["run_dir=out/x", "data.src=videos", "eval.prompts=prompts.txt"])
+    assert cfg.root == proj / "out" / "x"
+    assert cfg.resolve_path(cfg.data.src) == proj / "videos"
+    assert tracking.resolve_uri(cfg.tracking.uri, cfg.project_dir) == f"sqlite:///{proj / 'mlflow.db'}"
+    (proj / "weights" / "vae").mkdir(parents=True)
+    assert _weights_source(cfg, "weights/vae", proj, "vae", "-") == str(proj / "weights" / "vae")
+    assert _weights_source(cfg, "stabilityai/sd-vae-ft-ema", proj, "vae", "-") == "stabilityai/sd-vae-ft-ema"  # a hub id
+
+
+def test_prompt_files_are_the_projects_own_else_the_bundled_ones(proj):
+    from opensora_core.eval.prompts import heldout_rows
+
+    shipped = heldout_rows(load_config(overrides=["eval.prompts=assets/prompts/showcase.txt"]), 3)
+    assert len(shipped) == 3 and all(r["text"] for r in shipped)  # bundled: the project has no assets/ folder
+    (proj / "assets" / "prompts").mkdir(parents=True)
+    (proj / "assets" / "prompts" / "showcase.txt").write_text("my own prompt\n")
+    assert heldout_rows(load_config(overrides=["eval.prompts=assets/prompts/showcase.txt"]), 3) == [{"text": "my own prompt"}]
+
+
+def test_a_params_file_elsewhere_belongs_to_the_project_around_it(proj, tmp_path):
+    (proj / "sweeps").mkdir()
+    (proj / "sweeps" / "lr.yaml").write_text((proj / "params.yaml").read_text())
+    assert load_config(proj / "sweeps" / "lr.yaml").root == proj / "runs" / "tiny"
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "p.yaml").write_text((proj / "params.yaml").read_text())
+    assert load_config(lone / "p.yaml").root == lone / "runs" / "tiny"
+
+
+def test_outside_any_project_loading_says_run_init(tmp_path, monkeypatch):
+    monkeypatch.delenv(project.PROJECT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"no params.yaml here or above: run 'opensora init'"):
+        load_config()
+
+
+def test_outside_any_project_a_writing_command_exits_2_and_writes_nothing(tmp_path):
+    out = opensora(["pipeline", "stage", "prepare"], tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "no params.yaml here or above: run 'opensora init'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_writes_the_project_and_a_second_init_does_nothing(tmp_path):
+    root = tmp_path / "new"
+    first = opensora(["init", str(root)], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert {p.name for p in root.iterdir()} >= {"params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".git", ".dvc"}
+    assert "runs/" in (root / ".gitignore").read_text().splitlines()
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git/" not in str(p)}
+    second = opensora(["init"], root)
+    assert second.returncode == 0 and "nothing to do" in second.stdout
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git/" not in str(p)} == before
+
+
+def test_init_never_overwrites_a_params_yaml_that_differs(tmp_path):
+    (tmp_path / "params.yaml").write_text("preset: mine\n")
+    out = opensora(["init", str(tmp_path)], tmp_path)
+    assert out.returncode == 2 and "params.yaml exists and differs" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing else written either
+    assert (tmp_path / "params.yaml").read_text() == "preset: mine\n"
+
+
+def test_init_with_the_opensora_preset_selects_it(tmp_path):
+    out = opensora(["init", str(tmp_path / "big"), "--preset", "opensora-1.0"], tmp_path)
+    assert out.returncode == 0, out.stderr
+    show = opensora(["config", "show", "--json"], tmp_path / "big")
+    assert '"name": "STDiT-XL/2"' in show.stdout
+
+
+def test_init_keeps_existing_ignore_lines_and_adds_its_own(tmp_path):
+    (tmp_path / ".gitignore").write_text("secrets.env\n")
+    project.init_project(tmp_path)
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[0] == "secrets.env" and "mlflow.db" in lines
+
+
+def test_this_repository_is_the_project_init_writes():
+    """The repo's params.yaml and dvc.yaml are the shipped template: a user's project runs what CI runs."""
+    for name in ("params.yaml", "dvc.yaml"):
+        assert (REPO / name).read_text() == project.template_text(name), f"{name} differs from opensora_core/resources/template/{name}"
