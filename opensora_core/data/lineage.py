@@ -27,7 +27,7 @@ def training_clips(cfg, stage: str) -> pd.DataFrame:
     from opensora_core.data.manifest import read_manifest
 
     manifest = cfg.paths.manifest
-    df = read_manifest(manifest)
+    df = read_manifest(manifest, reject_bad_rows=True, require_text=True)  # as the cache / dataset read it: rows match
     index = cfg.paths.cache_dir(stage) / INDEX
     if cfg.train.use_latent_cache and index.is_file():
         rows = json.loads(index.read_text())["splits"].get("train", {}).get("rows") or []
