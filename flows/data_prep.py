@@ -76,7 +76,7 @@ def encode_shard_task(params: Params, stage: str, manifest: str, split: str | No
     cfg = params.load()
     st = cfg.stage(stage)
     vae, text_encoder = _load_encoders(params)
-    ds = VideoDataset(manifest, st.num_frames, st.frame_interval, st.image_size, split=split)
+    ds = VideoDataset(manifest, st.num_frames, st.frame_interval, st.image_size, split=split, require_text=True)
     tensors, texts = encode_shard(ds, indices, vae, text_encoder, batch_size)
     save_file(tensors, out_file)
     return {"file": Path(out_file).name, "count": len(texts), "texts": texts, "rows": tensors["index"].tolist()}
@@ -196,7 +196,7 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
     fingerprint and shard contents as build_latent_cache(cfg, stage, shard_size=..., batch_size=...)."""
     from opensora_core.data.cache import INDEX, cache_fingerprint, default_encoder_key, publish_cache
     from opensora_core.data.dataset import VideoDataset
-    from opensora_core.data.manifest import read_manifest
+    from opensora_core.data.manifest import read_manifest, reject_records
 
     st = cfg.stage(stage)
     manifest, out = cfg.paths.manifest, cfg.paths.cache_dir(stage)
@@ -207,7 +207,7 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
                 return {"clips_encoded": 0}
         except json.JSONDecodeError:
             pass
-    df = read_manifest(manifest)
+    df = read_manifest(manifest, reject_bad_rows=True, require_text=True)  # as build_latent_cache reads it
     splits = ["train", "val"] if "split" in df.columns else [None]
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -221,7 +221,7 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
     futures = [encode_shard_task.submit(params, stage, str(manifest), split, idx, batch_size, f) for split, idx, f in jobs]
     index: dict[str, Any] = {"fingerprint": fingerprint, "stage": stage, "manifest": str(manifest),
                              "num_frames": st.num_frames, "frame_interval": st.frame_interval,
-                             "image_size": st.image_size, "splits": {}}
+                             "image_size": st.image_size, "splits": {}, "rejected": reject_records(df.attrs["rejects"])}
     for split in splits:
         index["splits"][split or "train"] = {"shards": [], "count": 0, "texts": [], "rows": []}
     for (split, _, _), fut in zip(jobs, futures):

@@ -161,11 +161,12 @@ def register(app: typer.Typer) -> None:
 
         from opensora_core.config import ConfigError
         from opensora_core.data.cache import build_latent_cache
+        from opensora_core.data.manifest import ManifestError
 
         cfg = load_cli_config(params, preset, overrides)
         try:
             out = build_latent_cache(cfg, stage, force=force)
-        except (ConfigError, FileNotFoundError) as e:
+        except (ConfigError, FileNotFoundError, ManifestError) as e:
             fail(str(e))
         meta = json.loads((out / "index.json").read_text())
         counts = ", ".join(f"{k} {v['count']}" for k, v in meta["splits"].items())

@@ -34,8 +34,13 @@ def register(app: typer.Typer) -> None:
         except (OSError, ValueError) as e:
             fail(str(e))
         out = out or checkpoint / "samples"
-        records = sample_checkpoint(checkpoint, texts, out, cfg_scale=cfg_scale, steps=steps, seed=seed,
-                                    batch_size=batch_size, track=track)
+        from opensora_core.train.checkpoint import CheckpointError
+
+        try:
+            records = sample_checkpoint(checkpoint, texts, out, cfg_scale=cfg_scale, steps=steps, seed=seed,
+                                        batch_size=batch_size, track=track)
+        except (CheckpointError, FileNotFoundError) as e:  # checked before any video is written
+            fail(str(e))
         typer.echo(f"wrote {len(records)} videos to {out}")
 
     @app.command("evaluate")

@@ -11,6 +11,7 @@ import typer
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 EXIT_NONFINITE = 3
+EXIT_CHECKPOINT = 4  # no checkpoint to resume from can be trusted, or the disk filled up while writing one
 EXIT_TERMINATED = 143
 
 
@@ -24,7 +25,8 @@ def register(app: typer.Typer) -> None:
         no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow (files only)"),
     ) -> None:
         """Train one stage (resumes from its latest checkpoint). Run it under torchrun / `opensora launch`
-        for several processes; exits 3 when the NaN guard aborts, 143 on SIGTERM."""
+        for several processes; exits 3 when the NaN guard aborts, 4 when no checkpoint can be trusted or the
+        disk fills up while writing one, 143 on SIGTERM."""
         import logging
         import os
 
@@ -36,12 +38,15 @@ def register(app: typer.Typer) -> None:
         rank = os.environ.get("RANK", "0")
         logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S",
                             format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
+        from opensora_core.train.checkpoint import CheckpointError
         from opensora_core.train.loop import NonFiniteLossError, Terminated, train_stage
 
         try:
             summary = train_stage(cfg, stage, track=not no_track)
         except NonFiniteLossError as e:
             fail(str(e), EXIT_NONFINITE)
+        except CheckpointError as e:  # the class name too: the pipeline quotes the job's last line naming an Error
+            fail(f"{type(e).__name__}: {e}", EXIT_CHECKPOINT)
         except Terminated as e:
             typer.secho(f"stopped: {e}; resume by running the same command", err=True)
             sys.exit(EXIT_TERMINATED)

@@ -57,7 +57,7 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
     from tqdm import tqdm
 
     from opensora_core.data.dataset import VideoDataset
-    from opensora_core.data.manifest import read_manifest
+    from opensora_core.data.manifest import read_manifest, reject_records
     from opensora_core.remote import remote_operation
 
     st = cfg.stage(stage)
@@ -78,14 +78,16 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
         vae = vae if vae is not None else build_vae(cfg)
         text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
 
-    df = read_manifest(manifest)
+    df = read_manifest(manifest, reject_bad_rows=True, require_text=True)  # bad rows: dropped, with a reason
+    rejects = df.attrs["rejects"]
     splits = ["train", "val"] if "split" in df.columns else ["train"]
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     index: dict[str, Any] = {"fingerprint": fingerprint, "stage": stage, "manifest": str(manifest),
                              "num_frames": st.num_frames, "frame_interval": st.frame_interval,
-                             "image_size": st.image_size, "splits": {}}
+                             "image_size": st.image_size, "splits": {},
+                             "rejected": reject_records(rejects)}
     t0, total = time.perf_counter(), 0
     # S3 down or credentials refused: one line naming the clip and the endpoint; the temp dir is never published
     with remote_operation("cache", f"encoding the clips of {manifest}"):

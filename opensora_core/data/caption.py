@@ -85,7 +85,7 @@ def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captione
     from opensora_core.data.manifest import assign_split, read_manifest, write_manifest
     from opensora_core.remote import remote_operation
 
-    df = read_manifest(manifest_in)
+    df = read_manifest(manifest_in, reject_bad_rows=True)  # a bad row is dropped with a warning, not the whole run
     out = Path(manifest_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_name(out.name + ".captions.jsonl")

@@ -85,15 +85,20 @@ class VideoDataset:
         split: keep only rows of this split (when the manifest has a split column); None keeps all.
         seed: None -> the temporal window starts at frame 0 (deterministic: caching, evaluation); an int -> a random
             start drawn from (seed, epoch, index), so a resumed run sees the same windows again.
+        require_text: reject rows with an empty caption (training).
     Image rows (png/jpg) are repeated to T frames. A clip that fails to decode is skipped with a warning (counted
-    in `num_errors`) and the next clip is returned instead, so a bad file never ends an epoch.
+    in `num_errors`) and the next clip is returned instead, so a bad file never ends an epoch. A manifest read from
+    a path drops its bad rows up front, each with a reason (`rejects`: row, path, reason; see
+    manifest.screen_manifest); a DataFrame is validated strictly.
     """
 
     def __init__(self, manifest: str | Path | pd.DataFrame, num_frames: int, frame_interval: int, image_size: int,
-                 split: str | None = "train", seed: int | None = None):
-        df = manifest if isinstance(manifest, pd.DataFrame) else read_manifest(manifest)
+                 split: str | None = "train", seed: int | None = None, require_text: bool = False):
         if isinstance(manifest, pd.DataFrame):
-            df = validate_manifest(df)
+            df, self.rejects = validate_manifest(manifest), None
+        else:
+            df = read_manifest(manifest, reject_bad_rows=True, require_text=require_text)
+            self.rejects = df.attrs.get("rejects")
         if split is not None and "split" in df.columns:
             df = df[df["split"] == split]
         self.df = df.reset_index(drop=False).rename(columns={"index": "row"})

@@ -24,12 +24,16 @@ IDENTITY_COLUMNS = ("path", "start", "end", "sha256", "text")
 def training_clips(cfg, stage: str) -> pd.DataFrame:
     """The manifest rows `stage` trains on, with the identity columns present in the manifest."""
     from opensora_core.data.cache import INDEX
-    from opensora_core.data.manifest import read_manifest
+    from opensora_core.data.manifest import ManifestError, read_manifest
 
     manifest = cfg.paths.manifest
-    df = read_manifest(manifest)
     index = cfg.paths.cache_dir(stage) / INDEX
-    if cfg.train.use_latent_cache and index.is_file():
+    cached = cfg.train.use_latent_cache and index.is_file()
+    try:  # the cache's rows number the manifest as the cache read it: bad rows screened out
+        df = read_manifest(manifest, reject_bad_rows=True, require_text=True) if cached else read_manifest(manifest)
+    except ManifestError:
+        df = read_manifest(manifest, reject_bad_rows=True, require_text=True)
+    if cached:
         rows = json.loads(index.read_text())["splits"].get("train", {}).get("rows") or []
         df = df.iloc[rows]
     elif "split" in df.columns:

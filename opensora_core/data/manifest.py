@@ -9,11 +9,18 @@ Columns (one row per clip):
 
 Local paths are stored relative to the manifest's directory (the data folder can move, DVC can version it) and
 returned absolute by `read_manifest`; `s3://` paths are kept as they are.
+
+Writing is strict (`validate_manifest` raises on the first bad row). Reading for training is forgiving row by
+row: `read_manifest(path, reject_bad_rows=True)` drops each bad row with a reason (`screen_manifest`: empty
+path, non-positive or NaN frames/fps/size, bad clip range or split, a caption that is not UTF-8 or, with
+`require_text`, empty, a local file that does not exist, a duplicate clip, a malformed CSV line) and keeps the
+good ones; only a file that cannot be read at all or lacks a required column is an error.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +30,9 @@ REQUIRED_COLUMNS = ("path", "text", "num_frames", "fps", "height", "width")
 RANGE_COLUMNS = ("start", "end")
 GROUND_TRUTH_COLUMNS = ("color", "shape", "motion", "background", "num_objects")
 SPLITS = ("train", "val")
+REJECT_COLUMNS = ("row", "path", "reason")
+NOT_UTF8 = "\ufffd"  # what decoding with errors="replace" leaves for bytes that are not UTF-8
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -75,11 +85,17 @@ def validate_manifest(df: pd.DataFrame, source: str = "manifest") -> pd.DataFram
     return df.reset_index(drop=True)
 
 
-def _numeric(df: pd.DataFrame, col: str, kind: str, source: str, positive: bool) -> pd.Series:
+def _numeric_bad(df: pd.DataFrame, col: str, kind: str, positive: bool) -> tuple[pd.Series, pd.Series]:
+    """(values as numbers, mask of the rows whose value is missing, not a number or out of range)."""
     values = pd.to_numeric(df[col], errors="coerce")
-    bad = values.isna() | ((values <= 0) if positive else (values < 0))
+    bad = values.isna() | ((values <= 0) if positive else (values < 0)) | values.isin([float("inf"), float("-inf")])
     if kind == "int":
         bad |= values.fillna(0) != values.fillna(0).round()
+    return values, bad
+
+
+def _numeric(df: pd.DataFrame, col: str, kind: str, source: str, positive: bool) -> pd.Series:
+    values, bad = _numeric_bad(df, col, kind, positive)
     if bad.any():
         row = int(bad.to_numpy().argmax())
         need = "a positive" if positive else "a non-negative"
@@ -87,18 +103,117 @@ def _numeric(df: pd.DataFrame, col: str, kind: str, source: str, positive: bool)
     return values.astype("int64" if kind == "int" else "float64")
 
 
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read and validate a manifest; local clip paths come back absolute."""
+def screen_manifest(df: pd.DataFrame, base_dir: str | Path | None = None, require_text: bool = False,
+                    source: str = "manifest") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a manifest into (good rows, validated; rejects with columns row, path, reason).
+
+    `base_dir` resolves relative local paths for the existence check (None: paths are taken as they are);
+    `s3://` paths are not checked here (the ingest stage probes them). The first problem of a row is its reason.
+    Raises ManifestError only for what no row can survive: a missing required column.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{source}: missing column {missing[0]!r} (required: {', '.join(REQUIRED_COLUMNS)})")
+    reason = pd.Series("", index=df.index, dtype=object)
+
+    def flag(mask, why) -> None:
+        mask = pd.Series(mask, index=df.index).fillna(True).astype(bool) & (reason == "")
+        reason[mask] = why if isinstance(why, str) else why[mask]
+
+    paths = df["path"].astype("string")
+    flag(paths.isna() | (paths.str.len() == 0), "column 'path' is empty")
+    flag(paths.str.contains(NOT_UTF8, regex=False), "path is not valid UTF-8")
+    checks = [("num_frames", "int", True), ("fps", "float", True), ("height", "int", True), ("width", "int", True)]
+    if "start" in df.columns and "end" in df.columns:
+        checks += [("start", "float", False), ("end", "float", True)]
+    for col, kind, positive in checks:
+        _, bad = _numeric_bad(df, col, kind, positive)
+        flag(bad, f"column {col!r} must be {'a positive' if positive else 'a non-negative'} {kind}, got "
+             + df[col].map(_shown))
+    if "start" in df.columns and "end" in df.columns:
+        start, end = pd.to_numeric(df["start"], errors="coerce"), pd.to_numeric(df["end"], errors="coerce")
+        flag(end <= start, "clip range needs start < end")
+    if "split" in df.columns:
+        flag(~df["split"].astype(str).isin(SPLITS), "column 'split' must be train or val, got " + df["split"].map(_shown))
+    if "num_objects" in df.columns:
+        flag(_numeric_bad(df, "num_objects", "int", True)[1], "column 'num_objects' must be a positive int")
+    text = df["text"].astype("string").fillna("")
+    flag(text.str.contains(NOT_UTF8, regex=False), "caption is not valid UTF-8")
+    if require_text:
+        flag(text.str.strip().str.len() == 0, "caption is empty")
+    local = paths.fillna("").map(lambda p: p and not is_remote(p))
+    base = Path(base_dir) if base_dir is not None else None
+    exists = [not loc or os.path.exists(p if base is None or os.path.isabs(p) else base / p)
+              for p, loc in zip(paths.fillna(""), local)]
+    flag(~pd.Series(exists, index=df.index), "file not found: " + paths.fillna(""))
+    key = paths.fillna("") + ("@" + df["start"].astype(str) if "start" in df.columns else "")
+    ok = reason == ""
+    first = pd.Series(df.index, index=df.index).where(ok).groupby(key.where(ok)).transform("min")
+    flag(ok & (first != df.index), "duplicate of row " + first.fillna(-1).astype(int).astype(str))
+    good = reason == ""
+    rejects = pd.DataFrame({"row": df.index[~good], "path": paths[~good].fillna("").astype(str),
+                            "reason": reason[~good]}, columns=list(REJECT_COLUMNS))
+    return validate_manifest(df[good], source), rejects.reset_index(drop=True)
+
+
+def reject_records(rejects: pd.DataFrame) -> list[dict]:
+    """Rejects as JSON-ready dicts (row is None for a malformed CSV line)."""
+    return [{"row": None if pd.isna(r.row) else int(r.row), "path": str(r.path), "reason": str(r.reason)}
+            for r in rejects.itertuples()]
+
+
+def _shown(value) -> str:
+    """A cell as a reason quotes it: missing cells as 'nothing', long ones cut."""
+    return "nothing" if pd.isna(value) else repr(value)[:40]
+
+
+def _read_csv(path: Path, lenient: bool) -> tuple[pd.DataFrame, list[dict]]:
+    """The CSV as strings/numbers, plus (lenient) the malformed lines it skipped as rejects."""
+    kw = dict(keep_default_na=False, na_values=[""], dtype={"text": str, "path": str})
+    try:
+        return pd.read_csv(path, **kw, **({"encoding_errors": "replace"} if lenient else {})), []
+    except pd.errors.ParserError:
+        if not lenient:
+            raise
+    bad: list[dict] = []
+    header = pd.read_csv(path, nrows=0, encoding_errors="replace").columns
+
+    def skip(fields: list[str]) -> None:  # lines with more fields than the header: one reject each
+        bad.append({"row": None, "path": fields[0] if fields else "",
+                    "reason": f"malformed CSV line: {len(fields)} fields, the header has {len(header)}"})
+        return None
+
+    df = pd.read_csv(path, **kw, engine="python", on_bad_lines=skip, encoding_errors="replace")
+    return df, bad
+
+
+def read_manifest(path: str | Path, reject_bad_rows: bool = False, require_text: bool = False) -> pd.DataFrame:
+    """Read and validate a manifest; local clip paths come back absolute.
+
+    `reject_bad_rows`: drop each bad row with a warning instead of raising on the first (see `screen_manifest`);
+    the rejects (row, path, reason) are in `df.attrs["rejects"]`. `require_text` also rejects empty captions.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest not found: {path}")
     try:
-        df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"text": str, "path": str})
+        df, malformed = _read_csv(path, reject_bad_rows)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: not a readable CSV: {e}") from None
-    df = validate_manifest(df, str(path))
+        raise ManifestError(f"{path}: not a readable CSV: {' '.join(str(e).split())}") from None
     base = path.resolve().parent
+    if reject_bad_rows:
+        df, rejects = screen_manifest(df, base, require_text, str(path))
+        rejects = pd.concat([rejects, pd.DataFrame(malformed, columns=list(REJECT_COLUMNS))], ignore_index=True)
+        if len(rejects):
+            shown = "; ".join(f"{r['path']}: {r['reason']}" if r["row"] is None else f"row {r['row']} ({r['path']}): {r['reason']}"
+                              for r in reject_records(rejects.head(5)))
+            log.warning("%s: %d of %d rows rejected, training on the other %d (%s%s)", path, len(rejects),
+                        len(rejects) + len(df), len(df), shown, "; ..." if len(rejects) > 5 else "")
+    else:
+        df = validate_manifest(df, str(path))
     df["path"] = [p if is_remote(p) or os.path.isabs(p) else str(base / p) for p in df["path"]]
+    if reject_bad_rows:
+        df.attrs["rejects"] = rejects
     return df
 
 

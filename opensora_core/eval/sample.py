@@ -48,18 +48,19 @@ def load_checkpoint_model(checkpoint: str | Path, use_ema: bool = True):
     built from the config and stage stored in its meta.json, so no params.yaml is needed.
     """
     from opensora_core.config import config_from_json
-    from opensora_core.train.checkpoint import META, load_ema_weights, read_latest
+    from opensora_core.train.checkpoint import META, load_weights, resolve_checkpoint
     from opensora_core.train.init import build_stage_model
 
     path = Path(checkpoint)
-    step_dir = path if (path / META).is_file() else read_latest(path)
-    if step_dir is None:
-        raise FileNotFoundError(f"{path}: not a checkpoint (no {META}) nor a stage directory with `latest`")
+    try:  # verified like a resume: a damaged `latest` falls back to the newest complete checkpoint, warning
+        step_dir = resolve_checkpoint(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not a checkpoint (no {META}) nor a stage directory with `latest`") from None
     meta = json.loads((step_dir / META).read_text())
     cfg = config_from_json(json.dumps(meta["config"]))
     stage = (meta.get("extra") or {}).get("stage") or step_dir.parent.name
     model = build_stage_model(cfg, stage)
-    model.load_state_dict(load_ema_weights(step_dir, use_ema=use_ema))
+    model.load_state_dict(load_weights(step_dir, use_ema=use_ema))
     return model.eval(), cfg, stage, step_dir
 
 

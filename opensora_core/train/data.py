@@ -49,7 +49,8 @@ def build_dataset(cfg: Config, stage: str):
         return LatentCacheDataset(cache)
     from opensora_core.data.dataset import VideoDataset
 
-    return VideoDataset(cfg.paths.manifest, st.num_frames, st.frame_interval, st.image_size, split="train")
+    return VideoDataset(cfg.paths.manifest, st.num_frames, st.frame_interval, st.image_size, split="train",
+                        require_text=True)
 
 
 def sampler_class():

@@ -160,7 +160,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     seed_everything(cfg.seed + dp_rank)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
-    resume_from = ckpt.read_latest(out_dir)
+    resume_from = ckpt.resume_point(out_dir)  # verified; a damaged `latest` falls back with a warning
     meta = ckpt.load_meta(resume_from) if resume_from else None
     model = build_stage_model(cfg, stage)
     init_desc = f"resume:{resume_from.name}" if resume_from else init_weights(model, cfg, stage)
