@@ -113,7 +113,13 @@ class DataConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    engine: Literal["torch", "colossalai"] = "torch"
+    # torch: DDP; fsdp: FSDP2 (fully_shard per block + root, DCP checkpoints); colossalai: Booster + ZeRO-2
+    engine: Literal["torch", "fsdp", "colossalai"] = "torch"
+    # fsdp: free the gathered weights after each block's forward (ZeRO-3); false keeps them to the backward
+    # (ZeRO-2-like: more memory, one all-gather less per block)
+    fsdp_reshard_after_forward: bool = True
+    # how long a collective waits for a missing rank (gloo and NCCL) before the job fails, instead of hanging
+    collective_timeout_s: float = Field(600.0, gt=0)
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -24,9 +24,13 @@ def register(app: typer.Typer) -> None:
         params: Path = ParamsOption,
         preset: str = PresetOption,
         no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+        engines: str = typer.Option(None, "--engines", help="e.g. torch,fsdp: STDiT step time and memory per "
+                                    "training engine on --nproc ranks, instead of DiT vs STDiT"),
+        nproc: int = typer.Option(2, "--nproc", min=1, help="ranks for --engines (torchrun, this machine)"),
     ) -> None:
         """Training-step throughput (forward+backward+AdamW) of DiT (full attention) vs STDiT at shapes
-        mirroring 16x256, 16x512 and 64x512 (64 frames with gradient checkpointing)."""
+        mirroring 16x256, 16x512 and 64x512 (64 frames with gradient checkpointing); with --engines, STDiT's
+        step time and per-rank memory under each engine (DDP, FSDP2) on --nproc ranks."""
         import torch
         from rich.console import Console
         from rich.table import Table
@@ -35,6 +39,9 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_cli_config(params, preset, overrides)
         console = Console(width=max(Console().width, 130))  # the table is wide; never wrap it
+        if engines:
+            _engine_table(cfg, console, engines, nproc, steps, warmup, no_track)
+            return
         tiny = (size or ("xl2" if device.startswith("cuda") else "tiny")) == "tiny"
         caption = dict(caption_channels=cfg.text_encoder.hidden_size, model_max_length=cfg.text_encoder.model_max_length) if tiny else {}
         with console.status("benchmarking DiT vs STDiT ..."):
@@ -64,6 +71,49 @@ def register(app: typer.Typer) -> None:
                                     f"{key}.step_ms": r["step_ms"]})
             mlflow.log_metrics({f"speedup.{k.split(' ')[0]}": v for k, v in ratio.items()})
             tracking.log_table("bench_model", rows)
+            console.print(f"logged to MLflow run {run.info.run_id}")
+
+    def _engine_table(cfg, console, engines: str, nproc: int, steps, warmup, no_track: bool) -> None:
+        import json
+        import subprocess
+        import sys
+        import tempfile
+
+        from rich.table import Table
+
+        from opensora_core.cli.common import fail
+
+        names = [e.strip() for e in engines.split(",") if e.strip()]
+        if not names or any(e not in ("torch", "fsdp") for e in names):
+            fail(f"--engines {engines!r}: a comma-separated list of torch, fsdp")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = f"{tmp}/rows.json"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+                   "-m", "opensora_core.train.bench_engines", out, ",".join(names), str(steps or 5), str(warmup or 2)]
+            with console.status(f"benchmarking engines {', '.join(names)} on {nproc} ranks ..."):
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                fail(f"engine benchmark failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", 1)
+            rows = json.loads(open(out).read())
+        table = Table(title=f"STDiT training step per engine, {nproc} ranks")
+        for col in rows[0]:
+            table.add_column(col, justify="left" if col in ("engine", "shape") else "right")
+        for r in rows:
+            table.add_row(*(str(v) for v in r.values()))
+        console.print(table)
+        if no_track:
+            return
+        from opensora_core import tracking
+
+        with tracking.start_run(cfg, run_name=f"bench-engines-{nproc}", tags={"bench": "engines"},
+                                log_config=False) as run:
+            import mlflow
+
+            mlflow.log_params({"engines": ",".join(names), "nproc": nproc})
+            for r in rows:
+                key = f"{r['engine']}.{r['shape']}"
+                mlflow.log_metrics({f"{key}.step_ms": r["step_ms"], f"{key}.state_MiB_per_rank": r["state_MiB/rank"]})
+            tracking.log_table("bench_engines", rows)
             console.print(f"logged to MLflow run {run.info.run_id}")
 
     @bench.command("data")

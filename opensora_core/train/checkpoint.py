@@ -5,6 +5,9 @@ Layout of `cfg.paths.ckpt_dir(stage)`:
     step_0000100/  model.safetensors  ema.safetensors  optimizer.pt  rng_rank{r}.pt ...  meta.json
     latest         the directory name of the newest *complete* checkpoint
 
+A checkpoint of `train.engine=fsdp` holds a `dcp/` folder (torch.distributed.checkpoint: weights, EMA and
+optimizer, sharded by rank) instead of the safetensors files and `optimizer.pt`; see dcp_checkpoint.py.
+
 A checkpoint is written into `.tmp-step_XXXXXXX` and renamed when every file (all ranks' RNG states
 included) is on disk; `latest` is then replaced atomically, so a crash leaves `latest` naming the previous
 complete checkpoint. Nothing is unpickled freely: weights are safetensors, the optimizer state and RNG
@@ -17,6 +20,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+
+from opensora_core.train import dcp_checkpoint
 
 LATEST = "latest"
 META = "meta.json"
@@ -105,13 +111,14 @@ def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def save_checkpoint(ckpt_root: Path, state: TrainState, model_state: dict[str, torch.Tensor],
+def save_checkpoint(ckpt_root: Path, state: TrainState, model_state: dict[str, torch.Tensor] | None,
                     ema_state: dict[str, torch.Tensor] | None, optimizer_state: dict | None,
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, write_shards: Callable[[Path], None] | None = None) -> Path:
     """Collective: every rank calls it (each writes its RNG state); rank 0 writes the rest.
 
-    `model_state` / `ema_state` / `optimizer_state` are only needed on rank 0 (others may pass None).
-    Returns the final checkpoint directory.
+    `model_state` / `ema_state` / `optimizer_state` are only needed on rank 0 (others may pass None; None on
+    rank 0 skips that file). `write_shards(tmp_dir)`, if given, is called on every rank while the checkpoint
+    is still in its temporary directory (a collective writer: DCP). Returns the final checkpoint directory.
     """
     rank, world = _dist()
     ckpt_root = Path(ckpt_root)
@@ -124,9 +131,12 @@ def save_checkpoint(ckpt_root: Path, state: TrainState, model_state: dict[str, t
         tmp.mkdir()
     _barrier()
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+    if write_shards is not None:
+        write_shards(tmp)
     _barrier()
     if rank == 0:
-        save_file(_cpu_contiguous(model_state), str(tmp / "model.safetensors"))
+        if model_state is not None:
+            save_file(_cpu_contiguous(model_state), str(tmp / "model.safetensors"))
         if ema_state is not None:
             save_file(_cpu_contiguous(ema_state), str(tmp / "ema.safetensors"))
         if optimizer_state is not None:
@@ -171,10 +181,15 @@ def load_meta(ckpt_dir: Path) -> TrainState:
 
 
 def load_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Full weights (one process, no process group), whichever engine wrote the checkpoint."""
+    if dcp_checkpoint.is_sharded(ckpt_dir):
+        return dcp_checkpoint.load_full(ckpt_dir, "model")
     return load_file(str(Path(ckpt_dir) / "model.safetensors"))
 
 
 def load_ema_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    if dcp_checkpoint.is_sharded(ckpt_dir):
+        return dcp_checkpoint.load_full(ckpt_dir, "ema")
     return load_file(str(Path(ckpt_dir) / "ema.safetensors"))
 
 
@@ -195,6 +210,6 @@ def load_ema_weights(stage_dir: Path, use_ema: bool = True) -> dict[str, torch.T
     ckpt = stage_dir if (stage_dir / META).is_file() else read_latest(stage_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no complete checkpoint in {stage_dir} (no `latest`): train that stage first")
-    if use_ema and (ckpt / "ema.safetensors").is_file():
+    if use_ema and ((ckpt / "ema.safetensors").is_file() or dcp_checkpoint.has_key(ckpt, "ema")):
         return load_ema_state(ckpt)
     return load_model_state(ckpt)
