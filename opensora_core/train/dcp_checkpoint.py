@@ -25,6 +25,7 @@ file: `torch.distributed.checkpoint.format_utils.dcp_to_torch_save(step/"dcp", "
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -87,7 +88,9 @@ def load_full(step_dir: Path, key: str = "model") -> dict[str, torch.Tensor]:
                 if fqn.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
     if not template:
         raise KeyError(f"{path} holds no {key!r} tensors")
-    dcp.load({key: template}, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message=".*load in a single process")
+        dcp.load({key: template}, storage_reader=reader, no_dist=True)
     return template
 
 
