@@ -9,6 +9,18 @@ import typer
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
 
 
+def _rows_table(title: str, rows: list[dict], left: tuple[str, ...]):
+    """A rich table of benchmark rows (one column per key; `left` columns left-aligned, numbers right)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in left else "right")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    return table
+
+
 def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Benchmarks (throughput tables).", no_args_is_help=True)
     app.add_typer(bench, name="bench")
@@ -33,14 +45,13 @@ def register(app: typer.Typer) -> None:
         step time and per-rank memory under each engine (DDP, FSDP2) on --nproc ranks."""
         import torch
         from rich.console import Console
-        from rich.table import Table
 
         from opensora_core.models.benchmark import run_model_benchmark, speedups
 
         cfg = load_cli_config(params, preset, overrides)
         console = Console(width=max(Console().width, 130))  # the table is wide; never wrap it
         if engines:
-            _engine_table(cfg, console, engines, nproc, steps, warmup, no_track)
+            _engine_table(cfg, console, engines, nproc, steps, warmup, no_track, tiny=not device.startswith("cuda"))
             return
         tiny = (size or ("xl2" if device.startswith("cuda") else "tiny")) == "tiny"
         caption = dict(caption_channels=cfg.text_encoder.hidden_size, model_max_length=cfg.text_encoder.model_max_length) if tiny else {}
@@ -48,12 +59,7 @@ def register(app: typer.Typer) -> None:
             rows = run_model_benchmark(device, steps, warmup, size, peak_tflops=peak_tflops,
                                        on_row=lambda r: console.log(f"{r['model']} {r['shape']}: {r['samples/s']} samples/s"),
                                        **caption)
-        table = Table(title=f"DiT vs STDiT training throughput ({device})")
-        for col in rows[0]:
-            table.add_column(col, justify="right" if col not in ("model", "shape") else "left")
-        for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
-        console.print(table)
+        console.print(_rows_table(f"DiT vs STDiT training throughput ({device})", rows, ("model", "shape")))
         ratio = speedups(rows)
         console.print("STDiT / DiT samples/s: " + ", ".join(f"{k}: {v}x" for k, v in ratio.items()))
         if no_track:
@@ -73,34 +79,20 @@ def register(app: typer.Typer) -> None:
             tracking.log_table("bench_model", rows)
             console.print(f"logged to MLflow run {run.info.run_id}")
 
-    def _engine_table(cfg, console, engines: str, nproc: int, steps, warmup, no_track: bool) -> None:
-        import json
-        import subprocess
-        import sys
-        import tempfile
-
-        from rich.table import Table
-
+    def _engine_table(cfg, console, engines: str, nproc: int, steps, warmup, no_track: bool, tiny: bool) -> None:
         from opensora_core.cli.common import fail
+        from opensora_core.train.bench_engines import run_engine_benchmark
 
         names = [e.strip() for e in engines.split(",") if e.strip()]
         if not names or any(e not in ("torch", "fsdp") for e in names):
             fail(f"--engines {engines!r}: a comma-separated list of torch, fsdp")
-        with tempfile.TemporaryDirectory() as tmp:
-            out = f"{tmp}/rows.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-                   "-m", "opensora_core.train.bench_engines", out, ",".join(names), str(steps or 5), str(warmup or 2)]
-            with console.status(f"benchmarking engines {', '.join(names)} on {nproc} ranks ..."):
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                fail(f"engine benchmark failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}", 1)
-            rows = json.loads(open(out).read())
-        table = Table(title=f"STDiT training step per engine, {nproc} ranks")
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("engine", "shape") else "right")
-        for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
-        console.print(table)
+        caption = (cfg.text_encoder.hidden_size, cfg.text_encoder.model_max_length) if tiny else None
+        with console.status(f"benchmarking engines {', '.join(names)} on {nproc} ranks ..."):
+            try:
+                rows = run_engine_benchmark(names, nproc, steps or 5, warmup or 2, "cpu" if tiny else "cuda", caption)
+            except RuntimeError as e:
+                fail(str(e), 1)
+        console.print(_rows_table(f"STDiT training step per engine, {nproc} ranks", rows, ("engine", "shape")))
         if no_track:
             return
         from opensora_core import tracking
@@ -129,7 +121,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Training throughput (forward+backward+AdamW) with the latent cache vs online decode + VAE + T5 encoding."""
         from rich.console import Console
-        from rich.table import Table
 
         from opensora_core.data.bench import cache_speedup, run_data_benchmark
 
@@ -139,12 +130,8 @@ def register(app: typer.Typer) -> None:
         with console.status(f"benchmarking cached vs online data for {stage} ..."):
             rows, notes = run_data_benchmark(cfg, stage, steps=steps, warmup=warmup, batch_size=batch_size,
                                              on_row=lambda r: console.log(f"{r['mode']}: {r['samples/s']} samples/s"))
-        table = Table(title=f"Training throughput, latent cache vs online encoding ({stage}, cpu)")
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("mode", "stage") else "right")
-        for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
-        console.print(table)
+        console.print(_rows_table(f"Training throughput, latent cache vs online encoding ({stage}, cpu)", rows,
+                                  ("mode", "stage")))
         ratio = cache_speedup(rows)
         console.print(f"cached / online samples/s: {ratio}x")
         for note in notes:

@@ -4,7 +4,6 @@ distributed sampler that resumes exactly where a killed job stopped."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np

@@ -2,7 +2,7 @@
 --engines torch,fsdp --nproc N`.
 
 Run under torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m
-opensora_core.train.bench_engines OUT.json ENGINES [STEPS WARMUP]`): every rank builds the STDiT of each
+opensora_core.train.bench_engines OUT.json ENGINES STEPS WARMUP DEVICE [CAPTION_CHANNELS MAX_LENGTH]`): every rank builds the STDiT of each
 shape of models/benchmark.py, wraps it with the engine, and times forward + backward + clip + AdamW step
 (the loop's `engine.backward_step`) on random latents. Rank 0 writes one row per (shape, engine):
 
@@ -38,12 +38,13 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
     return total + sum(_local_bytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
 
 
-def bench_engine(engine_name: str, shape: BenchShape, env, steps: int, warmup: int, size: str) -> dict:
+def bench_engine(engine_name: str, shape: BenchShape, env, steps: int, warmup: int, size: str,
+                 model_overrides: dict) -> dict:
     from opensora_core.models.registry import build_model
 
     torch.manual_seed(0)
     name = "STDiT-XL/2" if size == "xl2" else "STDiT-tiny"
-    model = build_model(name, input_size=shape.latent, grad_checkpoint=shape.grad_checkpoint)
+    model = build_model(name, input_size=shape.latent, grad_checkpoint=shape.grad_checkpoint, **model_overrides)
     engine = make_engine(engine_name, env)
     wrapped = engine.prepare(model)
     ref = engine.unwrap(wrapped)
@@ -85,17 +86,38 @@ def bench_engine(engine_name: str, shape: BenchShape, env, steps: int, warmup: i
         if dist.is_initialized():
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         row["peak_mem_GiB"] = round(float(peak) / 2**30, 2)
-    del wrapped, model, optimizer
     return row
 
 
-def main(out: str, engines: str, steps: str = "5", warmup: str = "2") -> None:
-    env = init_distributed()
+def run_engine_benchmark(engines: list[str], nproc: int, steps: int = 5, warmup: int = 2, device: str = "cpu",
+                         caption: tuple[int, int] | None = None) -> list[dict]:
+    """Run this module under torchrun on `nproc` local ranks; returns rank 0's rows."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/rows.json"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+               "-m", "opensora_core.train.bench_engines", out, ",".join(engines), str(steps), str(warmup), device,
+               *(str(c) for c in caption or ())]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"engine benchmark failed (exit {proc.returncode}): {last}")
+        with open(out) as f:
+            return json.load(f)
+
+
+def main(out: str, engines: str, steps: str = "5", warmup: str = "2", device: str = "cpu",
+         caption_channels: str = "", model_max_length: str = "") -> None:
+    env = init_distributed(device)
     if env.device.type == "cpu":
         torch.set_num_threads(1)  # tiny ops on a shared machine: one thread per rank is faster and steadier
     size = "xl2" if env.device.type == "cuda" else "tiny"
     shapes = GPU_SHAPES if size == "xl2" else CPU_SHAPES
-    rows = [bench_engine(e, shape, env, int(steps), int(warmup), size)
+    overrides = {k: int(v) for k, v in (("caption_channels", caption_channels),
+                                        ("model_max_length", model_max_length)) if v}
+    rows = [bench_engine(e, shape, env, int(steps), int(warmup), size, overrides)
             for shape in shapes for e in engines.split(",")]
     if env.is_main:
         with open(out, "w") as f:

@@ -24,6 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_core.train.watchdog import StepWatchdog
+
+_watchdog: StepWatchdog | None = None  # set by init_distributed for multi-rank jobs
 
 @dataclass
 class DistEnv:
@@ -45,9 +48,11 @@ def init_distributed(device: str | None = None, timeout_s: float = 600.0) -> Dis
     """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, ...), if any.
 
     Backend: nccl when CUDA is available, else gloo. Single process (no WORLD_SIZE): no process group.
-    `timeout_s` bounds every collective (gloo's op timeout, NCCL's watchdog): a rank that dies or hangs makes
-    the others fail after it instead of waiting forever (`train.collective_timeout_s`).
+    `timeout_s` bounds every collective (gloo's op timeout, NCCL's watchdog) and, with several ranks, every
+    training step (watchdog.py: DDP's gloo all-reduce has no timeout of its own): a rank that dies or hangs
+    makes the others fail after it instead of waiting forever (`train.collective_timeout_s`).
     """
+    global _watchdog
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -62,6 +67,8 @@ def init_distributed(device: str | None = None, timeout_s: float = 600.0) -> Dis
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=dev if use_cuda else None)
+    if world > 1:
+        _watchdog = StepWatchdog(timeout_s, rank)
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
@@ -81,7 +88,17 @@ def ensure_process_group(device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
 
+def step_finished() -> None:
+    """A training step finished on this rank (resets the step watchdog of a multi-rank job)."""
+    if _watchdog is not None:
+        _watchdog.beat()
+
+
 def destroy_distributed() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.stop()
+        _watchdog = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -133,6 +150,7 @@ class TorchEngine:
             grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             optimizer.step()
         scaler.update(ok)
+        step_finished()
         return ok, grad_norm
 
     def save_state(self, ckpt_root, step_name: str, model, optimizer, ema) -> dict:

@@ -45,7 +45,7 @@ RDZV_TIMEOUT_ENV = "OPENSORA_RDZV_TIMEOUT_S"
 DEFAULT_RDZV_TIMEOUT_S = 300
 
 
-def rdzv_timeout_s() -> int:
+def rdzv_timeout_from_env() -> int:
     """Seconds a multi-node rendezvous waits for every node (OPENSORA_RDZV_TIMEOUT_S, default 300)."""
     raw = os.environ.get(RDZV_TIMEOUT_ENV, str(DEFAULT_RDZV_TIMEOUT_S))
     try:
@@ -58,12 +58,13 @@ def rdzv_timeout_s() -> int:
 
 
 def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
-                  node_rank: int | None = None, python: str | None = None) -> list[str]:
+                  node_rank: int | None = None, python: str | None = None,
+                  rdzv_timeout_s: int | None = None) -> list[str]:
     """The torchrun command line running `opensora <args>` on `nproc` processes per node.
 
     Multi-node (`nnodes > 1` or an endpoint): c10d rendezvous at `rdzv_endpoint` through
     opensora_core.train.rendezvous (torchrun plus a timeout message naming the nodes seen), waiting at most
-    OPENSORA_RDZV_TIMEOUT_S for all `nnodes` nodes; node 0 hosts the rendezvous store when `node_rank` is given.
+    `rdzv_timeout_s` (default OPENSORA_RDZV_TIMEOUT_S, 300) for all `nnodes` nodes; node 0 hosts the rendezvous store when `node_rank` is given.
     """
     if nnodes == 1 and not rdzv_endpoint:
         cmd = [python or sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -72,7 +73,7 @@ def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_end
             raise ValueError("a multi-node job needs rdzv_endpoint HOST:PORT (the same on every node)")
         from opensora_core.train.rendezvous import BACKEND
 
-        timeout = rdzv_timeout_s()
+        timeout = int(rdzv_timeout_s) if rdzv_timeout_s else rdzv_timeout_from_env()
         conf = [f"join_timeout={timeout}", f"read_timeout={timeout}"]
         if node_rank is not None:  # node 0 hosts the store (also when every node runs on one machine)
             conf.append(f"is_host={'1' if node_rank == 0 else '0'}")
