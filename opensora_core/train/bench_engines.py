@@ -2,8 +2,8 @@
 --engines torch,fsdp --nproc N`.
 
 Run under torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m
-opensora_core.train.bench_engines OUT.json ENGINES STEPS WARMUP DEVICE [CAPTION_CHANNELS MAX_LENGTH]`): every rank builds the STDiT of each
-shape of models/benchmark.py, wraps it with the engine, and times forward + backward + clip + AdamW step
+opensora_core.train.bench_engines OUT.json ENGINES STEPS WARMUP DEVICE [CAPTION_CHANNELS MAX_LENGTH]`, or
+`run_engine_benchmark`): every rank builds the STDiT of each shape of models/benchmark.py, wraps it with the engine, and times forward + backward + clip + AdamW step
 (the loop's `engine.backward_step`) on random latents. Rank 0 writes one row per (shape, engine):
 
     step_ms          rank 0's wall time per step (the ranks run in lock-step)

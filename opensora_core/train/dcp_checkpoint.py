@@ -46,7 +46,8 @@ def has_key(step_dir: Path, key: str) -> bool:
     from torch.distributed.checkpoint import FileSystemReader
 
     prefix = key + "."
-    return any(fqn.startswith(prefix) for fqn in FileSystemReader(Path(step_dir) / DCP_DIR).read_metadata().state_dict_metadata)
+    metadata = FileSystemReader(Path(step_dir) / DCP_DIR).read_metadata()
+    return any(fqn.startswith(prefix) for fqn in metadata.state_dict_metadata)
 
 
 def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema) -> dict:
@@ -104,7 +105,8 @@ def check_engine(step_dir: Path, engine: str) -> bool:
     sharded = is_sharded(step_dir)
     if sharded != (engine == "fsdp"):
         wrote = "fsdp" if sharded else "torch or colossalai"
-        raise EngineMismatchError(f"train.engine={engine} cannot resume {step_dir}: it was written by train.engine={wrote}. "
-                         f"Resume with that engine (fsdp resumes on any number of ranks), or start another stage "
-                         f"from its weights with stages.<stage>.init_from={step_dir}")
+        raise EngineMismatchError(
+            f"train.engine={engine} cannot resume {step_dir}: it was written by train.engine={wrote}. Resume with "
+            f"that engine (fsdp resumes on any number of ranks), or start another stage from its weights with "
+            f"stages.<stage>.init_from={step_dir}")
     return sharded

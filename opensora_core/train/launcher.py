@@ -64,7 +64,8 @@ def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_end
 
     Multi-node (`nnodes > 1` or an endpoint): c10d rendezvous at `rdzv_endpoint` through
     opensora_core.train.rendezvous (torchrun plus a timeout message naming the nodes seen), waiting at most
-    `rdzv_timeout_s` (default OPENSORA_RDZV_TIMEOUT_S, 300) for all `nnodes` nodes; node 0 hosts the rendezvous store when `node_rank` is given.
+    `rdzv_timeout_s` (default OPENSORA_RDZV_TIMEOUT_S, 300) for all `nnodes` nodes; node 0 hosts the
+    rendezvous store when `node_rank` is given.
     """
     if nnodes == 1 and not rdzv_endpoint:
         cmd = [python or sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -110,7 +110,8 @@ def test_2_rank_checkpoint_loads_exactly_on_1_rank(runs, monkeypatch):
         saved = {key: dcp_checkpoint.load_full(step_dir, key) for key in ("model", "ema", "optimizer")}
         weights = {k: v.full_tensor() for k, v in model.state_dict().items() if hasattr(v, "full_tensor")}
         assert weights and all(torch.equal(w, saved["model"][k]) for k, w in weights.items())
-        assert all(torch.equal(v.full_tensor(), saved["ema"][k]) for k, v in ema.shadow.items() if hasattr(v, "full_tensor"))
+        shadow = {k: v.full_tensor() for k, v in ema.shadow.items() if hasattr(v, "full_tensor")}
+        assert shadow.keys() == weights.keys() and all(torch.equal(v, saved["ema"][k]) for k, v in shadow.items())
         moments = get_state_dict(model, optimizer)[1]["state"]
         assert len(moments) == len(weights)
         for fqn, state in moments.items():

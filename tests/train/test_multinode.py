@@ -4,6 +4,7 @@ makes the job fail within its timeout with the reason, never hang."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -54,7 +55,15 @@ class Node:
         return rc
 
     def signal_all(self, signum: int) -> None:
-        os.killpg(self.proc.pid, signum)  # the agent and its rank: a whole node
+        """The launcher, torchrun's agent and its rank: a whole node (torchrun starts ranks in their own
+        sessions, so the launcher's process group alone would leave them running)."""
+        import psutil
+
+        procs = [psutil.Process(self.proc.pid)]
+        procs += procs[0].children(recursive=True)
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signum)
 
     @property
     def output(self) -> str:
