@@ -118,7 +118,9 @@ def test_a_node_that_stops_responding_fails_the_other_within_the_collective_time
         nodes[1].signal_all(signal.SIGSTOP)  # frozen, its sockets open: only a timeout can tell
         rc = nodes[0].wait(timeout=120)
         assert rc != 0
-        assert "collective timed out: no training step finished" in nodes[0].output, nodes[0].output[-3000:]
+        # gloo's own timeout ("Timed out waiting 20000ms for recv") where the rank waits in a plain collective,
+        # the step watchdog's ("collective timed out: no training step finished") inside DDP's all-reduce
+        assert "timed out" in nodes[0].output.lower(), nodes[0].output[-3000:]
     finally:
         for n in nodes:
             if n.proc.poll() is None:
