@@ -131,7 +131,13 @@ class DataConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    engine: Literal["torch", "colossalai"] = "torch"
+    # torch: DDP; fsdp: FSDP2 (fully_shard per block + root, DCP checkpoints); colossalai: Booster + ZeRO-2
+    engine: Literal["torch", "fsdp", "colossalai"] = "torch"
+    # fsdp: free the gathered weights after each block's forward (ZeRO-3); false keeps them to the backward
+    # (ZeRO-2-like: more memory, one all-gather less per block)
+    fsdp_reshard_after_forward: bool = True
+    # how long a collective waits for a missing rank (gloo and NCCL) before the job fails, instead of hanging
+    collective_timeout_s: float = Field(600.0, gt=0)
     dtype: Literal["fp32", "bf16", "fp16"] = "bf16"
     lr: float = Field(2e-5, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -159,6 +165,14 @@ class TrainConfig(_Strict):
     sample_cfg_scale: float | None = Field(None, ge=0, description="null: eval.cfg_scale")
     # MFU's denominator: dense TFLOP/s of one device at the training dtype (null: a known GPU's, none on CPU)
     peak_tflops: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _watching_needs_whole_weights(self) -> TrainConfig:
+        if self.engine == "fsdp" and self.sample_every:
+            # rank 0 samples alone with the EMA weights; FSDP shards them across ranks (train/watch.py)
+            raise ValueError("sample_every > 0 is not supported with engine fsdp yet (the EMA weights are sharded); "
+                             "set train.sample_every=0 or evaluate the checkpoints")
+        return self
 
 
 class StageConfig(_Strict):

@@ -10,6 +10,18 @@ import typer
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
 
+def _rows_table(title: str, rows: list[dict], left: tuple[str, ...]):
+    """A rich table of benchmark rows (one column per key; `left` columns left-aligned, numbers right)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col, justify="left" if col in left else "right")
+    for r in rows:
+        table.add_row(*(str(v) for v in r.values()))
+    return table
+
+
 def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Benchmarks (throughput tables).", no_args_is_help=True)
     app.add_typer(bench, name="bench")
@@ -25,29 +37,30 @@ def register(app: typer.Typer) -> None:
         params: Path = ParamsOption,
         preset: str = PresetOption,
         no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+        engines: str = typer.Option(None, "--engines", help="e.g. torch,fsdp: STDiT step time and memory per "
+                                    "training engine on --nproc ranks, instead of DiT vs STDiT"),
+        nproc: int = typer.Option(2, "--nproc", min=1, help="ranks for --engines (torchrun, this machine)"),
     ) -> None:
         """Training-step throughput (forward+backward+AdamW) of DiT (full attention) vs STDiT at shapes
-        mirroring 16x256, 16x512 and 64x512 (64 frames with gradient checkpointing)."""
+        mirroring 16x256, 16x512 and 64x512 (64 frames with gradient checkpointing); with --engines, STDiT's
+        step time and per-rank memory under each engine (DDP, FSDP2) on --nproc ranks."""
         import torch
         from rich.console import Console
-        from rich.table import Table
 
         from opensora_core.models.benchmark import run_model_benchmark, speedups
 
         cfg = load_cli_config(params, preset, overrides)
         console = Console(width=max(Console().width, 130))  # the table is wide; never wrap it
+        if engines:
+            _engine_table(cfg, console, engines, nproc, steps, warmup, no_track, tiny=not device.startswith("cuda"))
+            return
         tiny = (size or ("xl2" if device.startswith("cuda") else "tiny")) == "tiny"
         caption = dict(caption_channels=cfg.text_encoder.hidden_size, model_max_length=cfg.text_encoder.model_max_length) if tiny else {}
         with console.status("benchmarking DiT vs STDiT ..."):
             rows = run_model_benchmark(device, steps, warmup, size, peak_tflops=peak_tflops,
                                        on_row=lambda r: console.log(f"{r['model']} {r['shape']}: {r['samples/s']} samples/s"),
                                        **caption)
-        table = Table(title=f"DiT vs STDiT training throughput ({device})")
-        for col in rows[0]:
-            table.add_column(col, justify="right" if col not in ("model", "shape") else "left")
-        for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
-        console.print(table)
+        console.print(_rows_table(f"DiT vs STDiT training throughput ({device})", rows, ("model", "shape")))
         ratio = speedups(rows)
         console.print("STDiT / DiT samples/s: " + ", ".join(f"{k}: {v}x" for k, v in ratio.items()))
         if no_track:
@@ -148,6 +161,35 @@ def register(app: typer.Typer) -> None:
             tracking.log_table("bench_reference", rows)
             console.print(f"logged to MLflow run {run.info.run_id}")
 
+    def _engine_table(cfg, console, engines: str, nproc: int, steps, warmup, no_track: bool, tiny: bool) -> None:
+        from opensora_core.cli.common import fail
+        from opensora_core.train.bench_engines import run_engine_benchmark
+
+        names = [e.strip() for e in engines.split(",") if e.strip()]
+        if not names or any(e not in ("torch", "fsdp") for e in names):
+            fail(f"--engines {engines!r}: a comma-separated list of torch, fsdp")
+        caption = (cfg.text_encoder.hidden_size, cfg.text_encoder.model_max_length) if tiny else None
+        with console.status(f"benchmarking engines {', '.join(names)} on {nproc} ranks ..."):
+            try:
+                rows = run_engine_benchmark(names, nproc, steps or 5, warmup or 2, "cpu" if tiny else "cuda", caption)
+            except RuntimeError as e:
+                fail(str(e), 1)
+        console.print(_rows_table(f"STDiT training step per engine, {nproc} ranks", rows, ("engine", "shape")))
+        if no_track:
+            return
+        from opensora_core import tracking
+
+        with tracking.start_run(cfg, run_name=f"bench-engines-{nproc}", tags={"bench": "engines"},
+                                log_config=False) as run:
+            import mlflow
+
+            mlflow.log_params({"engines": ",".join(names), "nproc": nproc})
+            for r in rows:
+                key = f"{r['engine']}.{r['shape']}"
+                mlflow.log_metrics({f"{key}.step_ms": r["step_ms"], f"{key}.state_MiB_per_rank": r["state_MiB/rank"]})
+            tracking.log_table("bench_engines", rows)
+            console.print(f"logged to MLflow run {run.info.run_id}")
+
     @bench.command("data")
     def data(
         overrides: list[str] = OverridesArgument,
@@ -161,7 +203,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Training throughput (forward+backward+AdamW) with the latent cache vs online decode + VAE + T5 encoding."""
         from rich.console import Console
-        from rich.table import Table
 
         from opensora_core.data.bench import cache_speedup, run_data_benchmark
 
@@ -171,12 +212,8 @@ def register(app: typer.Typer) -> None:
         with console.status(f"benchmarking cached vs online data for {stage} ..."):
             rows, notes = run_data_benchmark(cfg, stage, steps=steps, warmup=warmup, batch_size=batch_size,
                                              on_row=lambda r: console.log(f"{r['mode']}: {r['samples/s']} samples/s"))
-        table = Table(title=f"Training throughput, latent cache vs online encoding ({stage}, cpu)")
-        for col in rows[0]:
-            table.add_column(col, justify="left" if col in ("mode", "stage") else "right")
-        for r in rows:
-            table.add_row(*(str(v) for v in r.values()))
-        console.print(table)
+        console.print(_rows_table(f"Training throughput, latent cache vs online encoding ({stage}, cpu)", rows,
+                                  ("mode", "stage")))
         ratio = cache_speedup(rows)
         console.print(f"cached / online samples/s: {ratio}x")
         for note in notes:

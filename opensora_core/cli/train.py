@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,8 +42,12 @@ def register(app: typer.Typer) -> None:
         from opensora_core.train.checkpoint import CheckpointError
         from opensora_core.train.loop import NonFiniteLossError, Terminated, train_stage
 
+        from opensora_core.train.dcp_checkpoint import EngineMismatchError
+
         try:
             summary = train_stage(cfg, stage, track=not no_track)
+        except EngineMismatchError as e:
+            fail(str(e))
         except NonFiniteLossError as e:
             fail(str(e), EXIT_NONFINITE)
         except CheckpointError as e:  # the class name too: the pipeline quotes the job's last line naming an Error
@@ -61,6 +66,8 @@ def register(app: typer.Typer) -> None:
         nnodes: int = typer.Option(1, "--nnodes"),
         rdzv_endpoint: str = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the rendezvous (multi-node)"),
         node_rank: int = typer.Option(None, "--node-rank"),
+        rdzv_timeout: float = typer.Option(None, "--rdzv-timeout", min=1,
+                                           help="seconds to wait for every node (default OPENSORA_RDZV_TIMEOUT_S or 300)"),
     ) -> None:
         """Run `opensora <args after -->` under torchrun with rank-prefixed output; exits with the job's status."""
         from opensora_core.train.launcher import launch
@@ -68,5 +75,7 @@ def register(app: typer.Typer) -> None:
         args = [a for a in ctx.args if a != "--"]
         if not args:
             fail("give the command after --, e.g. opensora launch --nproc 2 -- train --stage pretrain_256")
+        if rdzv_timeout is not None:  # read by the launcher's command builder
+            os.environ["OPENSORA_RDZV_TIMEOUT_S"] = str(int(rdzv_timeout))
         rc = launch(args, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, node_rank=node_rank)
         sys.exit(rc if rc >= 0 else 128 - rc)

@@ -4,7 +4,6 @@ distributed sampler that resumes exactly where a killed job stopped."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -149,12 +148,24 @@ class VideoDataset:
 
 
 class ResumableDistributedSampler:
-    """Shards a dataset over ranks and resumes mid-epoch.
+    """Shards a dataset over ranks and resumes mid-epoch, on the same or on another number of ranks.
 
-    Each epoch every rank gets ceil(N / replicas) indices of a (seeded, epoch-dependent) permutation, padded by
-    wrapping. `state_dict()` holds the epoch and this rank's position (samples already consumed); after
-    `load_state_dict()` iteration continues with exactly the next samples. The position counts indices handed
-    out; with DataLoader workers prefetching ahead, pass the true count: `state_dict(consumed=steps * batch_size)`.
+    The rule, which is what "the same run" means for the data when the world size changes:
+    - epoch e has one global order of the N indices: a permutation seeded by seed + e (0..N-1 without
+      shuffle), the same whatever the number of ranks;
+    - the position is the number of samples of that order consumed so far, all ranks together;
+    - from position P, rank r of R takes order[P + r], order[P + r + R], ...: floor((N - P) / R) samples, the
+      same count on every rank. A global batch (B per rank x R) is thus always the next B x R samples of the
+      order, and each step's samples do not depend on how they are spread over the ranks;
+    - a checkpoint stores P (`state_dict`); a job resumed on R' ranks continues at P with stride R'.
+    So every sample is seen at most once per epoch, and the run's sample order is kept across a world-size
+    change. No padding: the tail that does not fill a global batch (fewer than B x R samples, and the < R
+    of floor) is skipped until the next epoch's new order. Unchanged world size: exactly the samples the
+    uninterrupted run would have seen.
+
+    With DataLoader workers prefetching ahead, the indices handed out run ahead of the samples trained on:
+    pass the true count, `state_dict(consumed=batches_since_start * batch_size)` (this rank's samples since
+    this sampler started the epoch or was resumed).
     """
 
     def __init__(self, dataset, num_replicas: int | None = None, rank: int | None = None, shuffle: bool = True, seed: int = 0):
@@ -167,25 +178,31 @@ class ResumableDistributedSampler:
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
         self.n, self.num_replicas, self.rank, self.shuffle, self.seed = len(dataset), num_replicas, rank, shuffle, seed
-        self.num_samples = math.ceil(self.n / num_replicas)
-        self.epoch, self.position = 0, 0
+        self.epoch = 0
+        self.start = 0  # global position where this sampler started the epoch (0, or where a checkpoint left it)
+        self.position = 0  # this rank's indices handed out since `start`
+
+    @property
+    def num_samples(self) -> int:
+        """This rank's samples from `start` to the end of the epoch."""
+        return max(0, self.n - self.start) // self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+            self.epoch, self.start, self.position = epoch, 0, 0
 
-    def epoch_indices(self) -> list[int]:
-        """This rank's indices for the current epoch (the whole epoch, from position 0)."""
+    def global_order(self) -> list[int]:
+        """The epoch's order of all N indices (independent of the number of ranks)."""
         import torch
 
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        total = self.num_samples * self.num_replicas
-        order = (order * math.ceil(total / max(1, self.n)))[:total]
-        return order[self.rank::self.num_replicas]
+        if not self.shuffle:
+            return list(range(self.n))
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+
+    def epoch_indices(self) -> list[int]:
+        """This rank's indices for the rest of the epoch, from `start`."""
+        first = self.start + self.rank
+        return self.global_order()[first:first + self.num_samples * self.num_replicas:self.num_replicas]
 
     def __iter__(self):
         indices = self.epoch_indices()
@@ -198,11 +215,17 @@ class ResumableDistributedSampler:
         return self.num_samples - self.position
 
     def state_dict(self, consumed: int | None = None) -> dict:
-        return {"epoch": self.epoch, "position": self.position if consumed is None else int(consumed), "seed": self.seed,
-                "num_replicas": self.num_replicas}
+        """`position`: samples of the epoch's global order consumed, all ranks together (see the class doc)."""
+        mine = self.position if consumed is None else int(consumed)
+        return {"epoch": self.epoch, "position": self.start + mine * self.num_replicas, "order": "global",
+                "seed": self.seed, "num_replicas": self.num_replicas}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("num_replicas", self.num_replicas) != self.num_replicas:
-            log.warning("resuming with %d ranks instead of %d: the rest of this epoch is re-sharded",
-                        self.num_replicas, state["num_replicas"])
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        saved_replicas = int(state.get("num_replicas", self.num_replicas))
+        position = int(state["position"])
+        if state.get("order") != "global":  # older checkpoints counted one rank's samples
+            position *= saved_replicas
+        if saved_replicas != self.num_replicas:
+            log.info("resuming on %d data-parallel ranks instead of %d: the epoch's order continues at sample %d",
+                     self.num_replicas, saved_replicas, position)
+        self.epoch, self.start, self.position = int(state["epoch"]), position, 0

@@ -10,8 +10,8 @@ The `sp` ranks of a sequence-parallel group hold the same sample; each keeps the
 
 Every rank of the group computes the same loss from the gathered output and seeds only its own slice of the
 gradient, so summing parameter gradients over the group gives exactly the sp=1 gradient (`grad_scale()`:
-DDP averages over all ranks, so the loop multiplies the loss by sp_size). The model is not edited: the
-instance's `forward` is replaced (`enable_sequence_parallel`), reusing its submodules and weights.
+DDP and FSDP average over all ranks, so the loop multiplies the loss by sp_size). The model is not edited: the
+instance's `forward` and its blocks' are replaced (`enable_sequence_parallel`), reusing submodules and weights.
 """
 
 from __future__ import annotations
@@ -121,11 +121,13 @@ def sp_forward(self, x, timestep, y, mask=None, force_drop_ids=None):
     h = h[:, rank * t_loc:(rank + 1) * t_loc].flatten(1, 2)  # this rank's frames [B, T'/sp * S, D]
 
     for i, block in enumerate(self.blocks):
-        args = (block, h, y, t_mlp, mask, tpe if i == 0 else None, (t_loc, s_tokens), group, sp)
+        # through the block's __call__ (its forward is sp_block_forward): module hooks such as FSDP2's
+        # all-gather of the block's weights run as in the plain forward
+        args = (h, y, t_mlp, mask, tpe if i == 0 else None, (t_loc, s_tokens), group, sp)
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
-            h = torch.utils.checkpoint.checkpoint(sp_block_forward, *args, use_reentrant=False)
+            h = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
         else:
-            h = sp_block_forward(*args)
+            h = block(*args)
 
     h = self.final_layer(h, t)  # [B, T'/sp * S, p * C_out]
     h = GatherFrames.apply(h.unflatten(1, (t_loc, s_tokens)), group, sp, rank).flatten(1, 2)
@@ -154,4 +156,6 @@ def enable_sequence_parallel(model: nn.Module, sp_size: int, group=None, sp_rank
         group, sp_rank = new_sp_groups(sp_size)
     model._sp_group, model._sp_size, model._sp_rank = group, sp_size, sp_rank
     model.forward = types.MethodType(sp_forward, model)
+    for block in model.blocks:
+        block.forward = types.MethodType(sp_block_forward, block)
     return model

@@ -5,6 +5,9 @@ Layout of `cfg.paths.ckpt_dir(stage)`:
     step_0000100/  model.safetensors  ema.safetensors  optimizer.pt  rng_rank{r}.pt ...  meta.json
     latest         the directory name of the newest *complete* checkpoint
 
+A checkpoint of `train.engine=fsdp` holds a `dcp/` folder (torch.distributed.checkpoint: weights, EMA and
+optimizer, sharded by rank) instead of the safetensors files and `optimizer.pt`; see dcp_checkpoint.py.
+
 A checkpoint is written into `.tmp-step_XXXXXXX` and renamed when every file (all ranks' RNG states
 included) is on disk; `latest` is then replaced atomically, so a crash leaves `latest` naming the previous
 complete checkpoint. Nothing is unpickled freely: weights are safetensors, the optimizer state and RNG
@@ -25,6 +28,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from opensora_core.train import dcp_checkpoint
 from opensora_core.train.integrity import META, disk_full_cause, file_manifest, verify_checkpoint
 
 log = logging.getLogger(__name__)
@@ -124,13 +129,14 @@ def _cpu_contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
-def save_checkpoint(ckpt_root: Path, state: TrainState, model_state: dict[str, torch.Tensor],
+def save_checkpoint(ckpt_root: Path, state: TrainState, model_state: dict[str, torch.Tensor] | None,
                     ema_state: dict[str, torch.Tensor] | None, optimizer_state: dict | None,
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, write_shards: Callable[[Path], None] | None = None) -> Path:
     """Collective: every rank calls it (each writes its RNG state); rank 0 writes the rest.
 
-    `model_state` / `ema_state` / `optimizer_state` are only needed on rank 0 (others may pass None).
-    Returns the final checkpoint directory.
+    `model_state` / `ema_state` / `optimizer_state` are only needed on rank 0 (others may pass None; None on
+    rank 0 skips that file). `write_shards(tmp_dir)`, if given, is called on every rank while the checkpoint
+    is still in its temporary directory (a collective writer: DCP). Returns the final checkpoint directory.
     """
     rank, world = _dist()
     ckpt_root = Path(ckpt_root)
@@ -144,10 +150,13 @@ def save_checkpoint(ckpt_root: Path, state: TrainState, model_state: dict[str, t
     _barrier()
     with _naming_a_full_disk(ckpt_root, name, tmp):
         torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        if write_shards is not None:  # DCP: every rank writes its shards into tmp/dcp/
+            write_shards(tmp)
     _barrier()
     if rank == 0:
         with _naming_a_full_disk(ckpt_root, name, tmp):
-            save_file(_cpu_contiguous(model_state), str(tmp / "model.safetensors"))
+            if model_state is not None:
+                save_file(_cpu_contiguous(model_state), str(tmp / "model.safetensors"))
             if ema_state is not None:
                 save_file(_cpu_contiguous(ema_state), str(tmp / "ema.safetensors"))
             if optimizer_state is not None:
@@ -212,7 +221,7 @@ def read_latest(ckpt_root: Path) -> Path | None:
     return d if d is not None and (d / META).is_file() else None
 
 
-WEIGHT_FILES = ("model.safetensors", "ema.safetensors")
+WEIGHT_FILES = ("model.safetensors", "ema.safetensors", "dcp/")  # dcp/: FSDP shards (model, EMA, optimizer)
 
 
 def resolve_checkpoint(path: Path, what: str = "checkpoint", only: tuple[str, ...] | None = WEIGHT_FILES) -> Path:
@@ -291,10 +300,15 @@ def load_meta(ckpt_dir: Path) -> TrainState:
 
 
 def load_model_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """Full weights (one process, no process group), whichever engine wrote the checkpoint."""
+    if dcp_checkpoint.is_sharded(ckpt_dir):
+        return dcp_checkpoint.load_full(ckpt_dir, "model")
     return load_file(str(Path(ckpt_dir) / "model.safetensors"))
 
 
 def load_ema_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    if dcp_checkpoint.is_sharded(ckpt_dir):
+        return dcp_checkpoint.load_full(ckpt_dir, "ema")
     return load_file(str(Path(ckpt_dir) / "ema.safetensors"))
 
 
@@ -320,8 +334,8 @@ def load_ema_weights(stage_dir: Path, use_ema: bool = True) -> dict[str, torch.T
 
 
 def load_weights(step_dir: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """EMA (or raw) weights of a step directory already verified by `resolve_checkpoint`."""
+    """EMA (or raw) weights of a step directory already verified by `resolve_checkpoint` (safetensors or DCP)."""
     step_dir = Path(step_dir)
-    if use_ema and (step_dir / "ema.safetensors").is_file():
+    if use_ema and ((step_dir / "ema.safetensors").is_file() or dcp_checkpoint.has_key(step_dir, "ema")):
         return load_ema_state(step_dir)
     return load_model_state(step_dir)

@@ -42,6 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_core.train.engine import ensure_process_group
+
 log = logging.getLogger("opensora.train")
 
 INSTALL_HINT = (
@@ -63,23 +65,6 @@ def require_colossalai():
     except ImportError as e:
         raise RuntimeError(INSTALL_HINT) from e
     return colossalai
-
-
-def _ensure_process_group(device: torch.device) -> None:
-    """The Booster needs torch.distributed even with one process: a 1-rank group on a free local port.
-
-    Not `colossalai.launch_from_torch`: it re-initializes the group unconditionally and reseeds every RNG
-    (seed 1024), which would break our seeding and exact resume."""
-    if dist.is_initialized():
-        return
-    import socket
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
 
 def _cpu_accelerator_sync_noop() -> None:
@@ -107,7 +92,7 @@ class ColossalEngine:
         if plugin not in PLUGINS:
             raise ValueError(f"{PLUGIN_ENV}={plugin!r}: expected one of {PLUGINS}")
         self.plugin_name = plugin
-        _ensure_process_group(env.device)
+        ensure_process_group(env.device)
         _cpu_accelerator_sync_noop()
         from colossalai.booster import Booster
         from colossalai.booster.plugin import LowLevelZeroPlugin, TorchDDPPlugin
@@ -213,10 +198,10 @@ class ColossalEngine:
     def booster_dir(ckpt_root: Path, step_name: str) -> Path:
         return Path(ckpt_root) / BOOSTER_DIR / step_name
 
-    def save_state(self, ckpt_root: Path, step_name: str, model, optimizer, keep: list[str] | None = None):
+    def save_state(self, ckpt_root: Path, step_name: str, model, optimizer, ema) -> dict:
         """Collective: write model + optimizer through the Booster's CheckpointIO into
         `ckpt_root/colossal/<step_name>/` (rank 0 writes; optimizer state is gathered from every rank).
-        Returns None: the loop's `optimizer.pt` is not written for this engine."""
+        Returns what `checkpoint.save_checkpoint` writes besides: weights and EMA, no `optimizer.pt`."""
         d = self.booster_dir(ckpt_root, step_name)
         if self.env.is_main:
             if d.exists():
@@ -228,7 +213,7 @@ class ColossalEngine:
         if self.env.is_main:
             (d / "scaler.json").write_text(json.dumps(_scaler_state(optimizer)))
         dist.barrier()
-        return None
+        return {"model_state": self.unwrap(model).state_dict(), "ema_state": ema.state_dict(), "optimizer_state": None}
 
     def prune(self, ckpt_root: Path) -> None:
         """Rank 0: drop Booster dirs whose loop checkpoint was pruned (or never completed)."""
@@ -239,7 +224,7 @@ class ColossalEngine:
             if not (Path(ckpt_root) / d.name).is_dir():
                 shutil.rmtree(d, ignore_errors=True)
 
-    def load_state(self, ckpt_dir: Path, model, optimizer) -> None:
+    def load_state(self, ckpt_dir: Path, model, optimizer, ema=None) -> None:
         """Resume from the Booster files beside the loop checkpoint `ckpt_dir` (model, optimizer, loss scale)."""
         d = self.booster_dir(Path(ckpt_dir).parent, Path(ckpt_dir).name)
         if not (d / "optimizer.bin").is_file():

@@ -8,6 +8,8 @@ An engine wraps the model for data parallelism and owns the optimizer; the train
     optimizer = engine.make_optimizer(model, lr)
 
 `torch`: torch.distributed + DistributedDataParallel (gloo on CPU, nccl on GPU); one process works too.
+`fsdp`: FSDP2 `fully_shard` per block and at the root, checkpoints through torch.distributed.checkpoint
+(see opensora_core/train/fsdp.py).
 `colossalai`: ColossalAI Booster with LowLevelZeroPlugin (ZeRO-2) and HybridAdam, as Open-Sora 1.0 trained;
 imported lazily (see opensora_core/train/colossal.py for what runs on CPU and on GPU).
 """
@@ -22,6 +24,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_core.train.watchdog import StepWatchdog
+
+_watchdog: StepWatchdog | None = None  # set by init_distributed for multi-rank jobs
 
 @dataclass
 class DistEnv:
@@ -39,11 +44,15 @@ class DistEnv:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistEnv:
+def init_distributed(device: str | None = None, timeout_s: float = 600.0) -> DistEnv:
     """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, ...), if any.
 
     Backend: nccl when CUDA is available, else gloo. Single process (no WORLD_SIZE): no process group.
+    `timeout_s` bounds every collective (gloo's op timeout, NCCL's watchdog) and, with several ranks, every
+    training step (watchdog.py: DDP's gloo all-reduce has no timeout of its own): a rank that dies or hangs
+    makes the others fail after it instead of waiting forever (`train.collective_timeout_s`).
     """
+    global _watchdog
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -54,12 +63,42 @@ def init_distributed(device: str | None = None) -> DistEnv:
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10),
+        if use_cuda:  # the watchdog aborts a timed-out NCCL collective (and the process) instead of hanging
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=dev if use_cuda else None)
+    if world > 1:
+        _watchdog = StepWatchdog(timeout_s, rank)
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev)
 
 
+def ensure_process_group(device: torch.device) -> None:
+    """A 1-rank group on a free local port when no group exists (engines that need torch.distributed even
+    with one process: ColossalAI's Booster, FSDP2's device mesh). Not `colossalai.launch_from_torch`: it
+    re-initializes the group unconditionally and reseeds every RNG, which would break exact resume."""
+    if dist.is_initialized():
+        return
+    import socket
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+
+
+def step_finished() -> None:
+    """A training step finished on this rank (resets the step watchdog of a multi-rank job)."""
+    if _watchdog is not None:
+        _watchdog.beat()
+
+
 def destroy_distributed() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        _watchdog.stop()
+        _watchdog = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -106,16 +145,22 @@ class TorchEngine:
         ok = scaler.unscale_and_check(params)
         grad_norm = float("nan")
         if ok:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+            norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            # sharded (FSDP2) gradients give a DTensor norm: every rank holds the same full value
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             optimizer.step()
         scaler.update(ok)
+        step_finished()
         return ok, grad_norm
 
-    def save_state(self, ckpt_root, step_name: str, model, optimizer):
-        """The optimizer state for the loop's `optimizer.pt` (rank 0), None elsewhere."""
-        return optimizer.state_dict() if self.env.is_main else None
+    def save_state(self, ckpt_root, step_name: str, model, optimizer, ema) -> dict:
+        """Collective. What `checkpoint.save_checkpoint` writes for this engine (its keyword arguments): the
+        weights, EMA and the optimizer state for `optimizer.pt` (rank 0's are the ones written)."""
+        return {"model_state": self.unwrap(model).state_dict(), "ema_state": ema.state_dict(),
+                "optimizer_state": optimizer.state_dict() if self.env.is_main else None}
 
-    def load_state(self, ckpt_dir, model, optimizer) -> None:
+    def load_state(self, ckpt_dir, model, optimizer, ema=None) -> None:
+        """The optimizer state (the loop loaded weights and EMA from the safetensors files already)."""
         from opensora_core.train import checkpoint as ckpt
 
         optimizer.load_state_dict(ckpt.load_optimizer_state(ckpt_dir))
@@ -128,8 +173,12 @@ def make_engine(name: str, env: DistEnv, train_cfg=None):
     """`train_cfg` (cfg.train) gives the colossalai engine its dtype, grad_clip and initial loss scale."""
     if name == "torch":
         return TorchEngine(env)
+    if name == "fsdp":
+        from opensora_core.train.fsdp import FsdpEngine
+
+        return FsdpEngine(env, train_cfg)
     if name == "colossalai":
         from opensora_core.train.colossal import ColossalEngine
 
         return ColossalEngine(env, train_cfg)
-    raise ValueError(f"unknown engine {name!r} (torch | colossalai)")
+    raise ValueError(f"unknown engine {name!r} (torch | fsdp | colossalai)")

@@ -69,8 +69,8 @@ def verify_checkpoint(step_dir: Path, quick: bool = False, only: tuple[str, ...]
         return [f"{META} unreadable (bad file list)"]
     problems = []
     for name, want in sorted(files.items()):
-        if only is not None and name not in only:
-            continue
+        if only is not None and not any(name == o or (o.endswith("/") and name.startswith(o)) for o in only):
+            continue  # `only` names files, or folders ending in "/"
         f = step_dir / name
         if not f.is_file():
             problems.append(f"{name} missing")

@@ -4,8 +4,10 @@
     rc = launch(train_args("pretrain_256", preset="tiny", overrides=["train.dtype=bf16"]), nproc=2,
                 line_callback=logger.info)
 
-The job is `python -m torch.distributed.run [--standalone | --nnodes/--rdzv-*] --nproc-per-node N --tee 3
--m opensora_core.cli.main_module <args>`; torchrun's `[defaultK]:` line prefixes are rewritten to the
+The job is `python -m torch.distributed.run --standalone --nproc-per-node N --tee 3 -m
+opensora_core.cli.main_module <args>`, multi-node `python -m opensora_core.train.rendezvous --nnodes M
+--rdzv-backend opensora-c10d --rdzv-endpoint HOST:PORT ...` (torchrun whose rendezvous fails after
+OPENSORA_RDZV_TIMEOUT_S naming the nodes it saw); torchrun's `[defaultK]:` line prefixes are rewritten to the
 global `[rank R]`. SIGTERM/SIGINT received by the caller are forwarded to torchrun (which stops its workers);
 after `grace_s` seconds the whole process group is killed. The caller's environment is passed through
 (OPENSORA_PARENT_RUN_ID joins the pipeline's MLflow run), plus `env`.
@@ -39,16 +41,45 @@ def train_args(stage: str, params: str | Path | None = None, preset: str | None 
     return args + list(overrides)
 
 
+RDZV_TIMEOUT_ENV = "OPENSORA_RDZV_TIMEOUT_S"
+DEFAULT_RDZV_TIMEOUT_S = 300
+
+
+def rdzv_timeout_from_env() -> int:
+    """Seconds a multi-node rendezvous waits for every node (OPENSORA_RDZV_TIMEOUT_S, default 300)."""
+    raw = os.environ.get(RDZV_TIMEOUT_ENV, str(DEFAULT_RDZV_TIMEOUT_S))
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{RDZV_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
 def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
-                  node_rank: int | None = None, python: str | None = None) -> list[str]:
-    """The torchrun command line running `opensora <args>` on `nproc` processes per node."""
-    cmd = [python or sys.executable, "-m", "torch.distributed.run"]
+                  node_rank: int | None = None, python: str | None = None,
+                  rdzv_timeout_s: int | None = None) -> list[str]:
+    """The torchrun command line running `opensora <args>` on `nproc` processes per node.
+
+    Multi-node (`nnodes > 1` or an endpoint): c10d rendezvous at `rdzv_endpoint` through
+    opensora_core.train.rendezvous (torchrun plus a timeout message naming the nodes seen), waiting at most
+    `rdzv_timeout_s` (default OPENSORA_RDZV_TIMEOUT_S, 300) for all `nnodes` nodes; node 0 hosts the
+    rendezvous store when `node_rank` is given.
+    """
     if nnodes == 1 and not rdzv_endpoint:
-        cmd.append("--standalone")
+        cmd = [python or sys.executable, "-m", "torch.distributed.run", "--standalone"]
     else:
         if not rdzv_endpoint:
             raise ValueError("a multi-node job needs rdzv_endpoint HOST:PORT (the same on every node)")
-        cmd += ["--nnodes", str(nnodes), "--rdzv-backend", "c10d", "--rdzv-endpoint", rdzv_endpoint]
+        from opensora_core.train.rendezvous import BACKEND
+
+        timeout = int(rdzv_timeout_s) if rdzv_timeout_s else rdzv_timeout_from_env()
+        conf = [f"join_timeout={timeout}", f"read_timeout={timeout}"]
+        if node_rank is not None:  # node 0 hosts the store (also when every node runs on one machine)
+            conf.append(f"is_host={'1' if node_rank == 0 else '0'}")
+        cmd = [python or sys.executable, "-m", "opensora_core.train.rendezvous", "--nnodes", str(nnodes),
+               "--rdzv-backend", BACKEND, "--rdzv-endpoint", rdzv_endpoint, "--rdzv-conf", ",".join(conf)]
         if node_rank is not None:
             cmd += ["--node-rank", str(node_rank)]
     cmd += ["--nproc-per-node", str(nproc), "--tee", "3", "-m", "opensora_core.cli.main_module", *args]

@@ -25,6 +25,7 @@ import torch
 
 from opensora_core.config import Config
 from opensora_core.train import checkpoint as ckpt
+from opensora_core.train import dcp_checkpoint
 from opensora_core.train.data import build_train_data
 from opensora_core.train.ema import EMA
 from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
@@ -140,7 +141,7 @@ def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None) ->
     `train.nan_patience` consecutive NaN/inf losses, Terminated on SIGTERM/SIGINT.
     """
     old_handlers = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
-    env = init_distributed()
+    env = init_distributed(timeout_s=cfg.train.collective_timeout_s)
     try:
         return _train(cfg, stage, env, track and env.is_main, dataset)
     finally:
@@ -162,14 +163,16 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
 
     resume_from = ckpt.resume_point(out_dir)  # verified; a damaged `latest` falls back with a warning
     meta = ckpt.load_meta(resume_from) if resume_from else None
+    # a sharded (fsdp) checkpoint loads after sharding, in engine.load_state; the others load here
+    sharded = resume_from is not None and dcp_checkpoint.check_engine(resume_from, tc.engine)
     model = build_stage_model(cfg, stage)
     init_desc = f"resume:{resume_from.name}" if resume_from else init_weights(model, cfg, stage)
-    if resume_from:
+    if resume_from and not sharded:
         model.load_state_dict(ckpt.load_model_state(resume_from))
     engine = make_engine(tc.engine, env, tc)
     train_model = engine.prepare(model)  # moves `model` to its device (and gives every rank rank 0's weights)
     ema = EMA(model, tc.ema_decay)  # after prepare: the shadow lives where the weights it averages live
-    if resume_from:
+    if resume_from and not sharded:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
     if sp_size > 1:
         from opensora_core.parallel.sequence import enable_sequence_parallel
@@ -191,8 +194,8 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
     step, epoch, batches_in_epoch = 0, 0, 0
     if resume_from:
         step, epoch = meta.step, meta.epoch
-        batches_in_epoch = int(meta.sampler.get("position", 0)) // st.batch_size
-        engine.load_state(resume_from, train_model, optimizer)
+        batches_in_epoch = 0  # counted from the resume point: the sampler adds where it resumed
+        engine.load_state(resume_from, train_model, optimizer, ema)
         scheduler.load_state_dict({**meta.scheduler, "lr_lambdas": [None]})
         scaler.load_state_dict(meta.scaler)
         guard.load_state_dict(meta.nan_guard)
@@ -225,10 +228,10 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
             step=step_now, epoch=epoch, sampler=data.sampler.state_dict(consumed=batches_in_epoch * st.batch_size), scaler=scaler.state_dict(),
             scheduler=_scheduler_state(scheduler), nan_guard=guard.state_dict(), mlflow_run_id=run_id,
             config=cfg.model_dump(mode="json"), extra={"stage": stage, "init": init_desc, "dataset": dataset})
-        # collective for every engine (ColossalAI gathers optimizer shards and writes its files first)
-        optimizer_state = engine.save_state(out_dir, ckpt.step_dir_name(step_now), train_model, optimizer)
-        path = ckpt.save_checkpoint(out_dir, state, model_ref.state_dict(), ema.state_dict(),
-                                    optimizer_state, tc.keep_last)
+        # collective for every engine (ColossalAI gathers optimizer shards and writes its files first; FSDP
+        # hands over a writer of its shards)
+        files = engine.save_state(out_dir, ckpt.step_dir_name(step_now), train_model, optimizer, ema)
+        path = ckpt.save_checkpoint(out_dir, state, keep_last=tc.keep_last, **files)
         engine.prune(out_dir)
         if env.is_main:
             log.info("saved checkpoint %s", path)

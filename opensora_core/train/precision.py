@@ -66,7 +66,9 @@ class LossScaler:
             if p.grad is None:
                 continue
             p.grad.mul_(inv)
-            if finite and not torch.isfinite(p.grad).all():
+            # a sharded (FSDP2 DTensor) gradient: check this rank's shard; the ranks' verdicts combine below
+            grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            if finite and not torch.isfinite(grad).all():
                 finite = False
         device = next((p.grad.device for p in params if p.grad is not None), torch.device("cpu"))
         return not _all_ranks_any(not finite, device)

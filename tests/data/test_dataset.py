@@ -107,7 +107,7 @@ def test_resumed_sampler_continues_with_exactly_the_next_samples():
     assert len(resumed) == len(expected) - 5
     assert seen + list(resumed) == expected
     resumed.set_epoch(4)
-    assert len(list(resumed)) == 12 and list(resumed) == []  # exhausted until the next set_epoch
+    assert len(list(resumed)) == 11 and list(resumed) == []  # floor(23 / 2); exhausted until the next set_epoch
 
 
 def test_epochs_reshuffle():
@@ -115,3 +115,38 @@ def test_epochs_reshuffle():
     a = list(s)
     s.set_epoch(1)
     assert list(s) != a
+
+
+def _global_steps(state, n: int, replicas: int, batch: int, seed: int = 5):
+    """Resume a sampler per rank from `state` and return the global batches (all ranks' samples of a step)."""
+    ranks = []
+    for r in range(replicas):
+        s = ResumableDistributedSampler(list(range(n)), replicas, r, shuffle=True, seed=seed)
+        s.set_epoch(2)
+        if state:
+            s.load_state_dict(state)
+        ranks.append(s)
+    shards = [list(s) for s in ranks]
+    steps = len(shards[0]) // batch  # the loader's drop_last
+    return [sorted(i for shard in shards for i in shard[k * batch:(k + 1) * batch]) for k in range(steps)], ranks
+
+
+@pytest.mark.parametrize("new_replicas", [1, 4])
+def test_resuming_on_another_number_of_ranks_keeps_the_global_sample_order(new_replicas):
+    n, batch = 40, 2
+    order = ResumableDistributedSampler(list(range(n)), 1, 0, shuffle=True, seed=5)
+    order.set_epoch(2)
+    order = list(order)  # the epoch's global order, the same for any number of ranks
+    before, ranks = _global_steps(None, n, 2, batch)
+    before = before[:3]  # 3 steps on 2 ranks, then a checkpoint
+    state = ranks[0].state_dict(consumed=3 * batch)
+    assert state["position"] == 3 * batch * 2
+    after, _ = _global_steps(state, n, new_replicas, batch)
+    steps = before + after
+    seen = [i for step in steps for i in step]
+    assert len(seen) == len(set(seen))  # no sample twice in the epoch
+    position = 0
+    for step in steps:  # each global batch is the next slice of the global order
+        assert step == sorted(order[position:position + len(step)])
+        position += len(step)
+    assert n - position < batch * new_replicas  # only a tail smaller than one global batch is left out

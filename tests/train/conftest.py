@@ -84,3 +84,11 @@ def write_latent_cache(cache_dir: Path, dataset: RandomLatents) -> Path:
         "texts": [it["text"] for it in items], "rows": list(range(len(items)))}}}
     (cache_dir / "index.json").write_text(json.dumps(index))
     return cache_dir
+
+
+@pytest.fixture(scope="session")
+def ddp_2rank_run(tmp_path_factory):
+    """The scale-out tests' reference: scale_jobs' stage trained by DDP on 1 node x 2 ranks (config)."""
+    from scale_jobs import train
+
+    return train(tmp_path_factory.mktemp("ddp2") / "run", "torch", 2)

@@ -1,7 +1,8 @@
 """Run under torchrun (2 gloo ranks): STDiT forward/backward with sequence parallelism vs one process.
 
 Writes {rank: {"out": max |diff|, "grad": max |diff|, "n_grads": count}} to the json path in argv[1]; argv[2]
-(optional) is the model's temporal_pos.
+(optional) is the model's temporal_pos; argv[3] "fsdp" shards the sequence-parallel model with FSDP2 first
+(fully_shard per block and at the root, as train.engine=fsdp).
 """
 
 import json
@@ -14,7 +15,7 @@ from opensora_core.models import build_model
 from opensora_core.parallel.sequence import enable_sequence_parallel
 
 
-def main(path: str, temporal_pos: str | None = None) -> None:
+def main(path: str, temporal_pos: str | None = None, engine: str = "none") -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
@@ -32,13 +33,22 @@ def main(path: str, temporal_pos: str | None = None) -> None:
 
     out_ref = ref(x, t, y, mask)
     (out_ref * w).sum().backward()
+    if engine == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in sp_model.blocks:
+            fully_shard(block)
+        fully_shard(sp_model)
     enable_sequence_parallel(sp_model, 2)
     out_sp = sp_model(x, t, y, mask)
     (out_sp * w).sum().backward()
     diffs = []
     for (name, p_ref), p_sp in zip(ref.named_parameters(), sp_model.parameters()):
-        grad = p_sp.grad.clone()
-        dist.all_reduce(grad)  # the sp ranks' partial gradients sum to the full one
+        if engine == "fsdp":  # FSDP averages the ranks' partial gradients (as DDP does): the sum is 2x that
+            grad = p_sp.grad.full_tensor() * 2
+        else:
+            grad = p_sp.grad.clone()
+            dist.all_reduce(grad)  # the sp ranks' partial gradients sum to the full one
         diffs.append((grad - p_ref.grad).abs().max().item())
     result = {"out": (out_sp - out_ref).abs().max().item(), "grad": max(diffs), "n_grads": len(diffs)}
     gathered = [None, None]
@@ -50,4 +60,4 @@ def main(path: str, temporal_pos: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
