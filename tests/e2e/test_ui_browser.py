@@ -117,6 +117,9 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=STEP_MS)
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     context.set_default_timeout(STEP_MS)
     yield context.new_page()
@@ -140,8 +143,7 @@ def test_mlflow_ui_shows_the_pipeline_runs_loss_charts_and_an_evaluation_gif(uis
     page.screenshot(path=tmp_path / "mlflow-1-runs-table.png")
 
     # 2. the pipeline's parent run expands into one run per stage
-    parent = page.get_by_role("gridcell").filter(has_text="progressive-training-").first
-    parent.get_by_role("button").click()
+    page.get_by_role("gridcell").filter(has_text="progressive-training-").first.get_by_role("button").click()
     for stage in ("prepare", "caption", "encoders", *(f"cache@{s}" for s in TRAINING), *TRAINING, "evaluate"):
         expect(page.get_by_role("link", name=stage, exact=True)).to_be_visible()
     page.screenshot(path=tmp_path / "mlflow-2-parent-expanded.png")
@@ -188,6 +190,7 @@ def test_prefect_ui_shows_the_flow_run_its_task_runs_and_the_results_artifact(ui
     # 2. its task runs, one per stage, all completed
     page.get_by_role("tab", name="Task Runs").click()
     expect(page.get_by_text("10 Task runs").first).to_be_visible()
+    expect(page.get_by_text("(10 Completed)")).to_be_visible()
     names = ["prepare_data", "caption", "train_vae", *(f"cache-{s}" for s in TRAINING), *TRAINING, "evaluate"]
     for name in names:
         expect(page.get_by_text(re.compile(rf"^{re.escape(name)}-\w+$")).first).to_be_visible()
@@ -195,8 +198,9 @@ def test_prefect_ui_shows_the_flow_run_its_task_runs_and_the_results_artifact(ui
 
     # 3. the results artifact: the markdown table of the stages
     page.get_by_role("tab", name="Artifacts").click()
-    page.get_by_text("progressive-training", exact=True).last.click()
-    expect(page.get_by_role("table")).to_be_visible()
+    page.get_by_role("link").filter(has_text="progressive-training").filter(has_text="MARKDOWN").click()
+    table = page.get_by_role("table")
+    expect(table).to_be_visible()
     for stage in ("prepare", "evaluate", *(f"train@{s}" for s in TRAINING)):
-        expect(page.get_by_role("cell", name=stage, exact=True)).to_be_visible()
+        expect(table.get_by_text(stage, exact=True)).to_be_visible()
     page.screenshot(path=tmp_path / "prefect-3-results-artifact.png")
