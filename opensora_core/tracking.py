@@ -38,8 +38,11 @@ def resolve_uri(uri: str, root: Path) -> str:
     return uri
 
 
-# MLflow 3's UI opens an experiment by its kind: this one is model training (runs table, charts), not GenAI traces
+# MLflow 3's UI opens an experiment by its kind: this one is model training (runs table, charts), not GenAI traces.
+# The tag is what MLflow 3.1-3.x read; from 3.17 the UI decides by its own `workflowType` (GenAI unless the page's
+# URL or the browser's stored choice says otherwise), so the links we print carry WORKFLOW_QUERY as well.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+WORKFLOW_QUERY = "workflowType=machine_learning"
 
 
 def tracking_root(cfg: Config) -> Path:
@@ -127,7 +130,14 @@ def run_url(run_id: str, cfg: Config, ui: str = "http://127.0.0.1:5000") -> str:
     import mlflow
 
     exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    return f"{ui}/#/experiments/{exp.experiment_id if exp else 0}/runs/{run_id}"
+    return f"{ui}/#/experiments/{exp.experiment_id if exp else 0}/runs/{run_id}?{WORKFLOW_QUERY}"
+
+
+def experiment_url(cfg: Config, ui: str = "http://127.0.0.1:5000") -> str:
+    """Link to the experiment's runs table (model-training view) in the MLflow UI at `ui`."""
+    mlflow = configure(cfg)
+    exp = mlflow.get_experiment_by_name(cfg.tracking.experiment)
+    return f"{ui}/#/experiments/{exp.experiment_id}/runs?{WORKFLOW_QUERY}"
 
 
 def create_run(cfg: Config, run_name: str, stage: str | None = None, tags: dict[str, Any] | None = None) -> str:

@@ -138,6 +138,7 @@ def server_cmd(port: int = typer.Option(4200, "--port")) -> None:
     from flows.prefect_env import configure_prefect_env
 
     configure_prefect_env()  # project-local PREFECT_HOME and SQLite database
+    os.environ["PREFECT_SERVER_API_PORT"] = str(port)  # the UI's API URL is built from it, not from --port
     exe = str(Path(sys.executable).parent / "prefect")
     typer.echo(f"Prefect server on http://127.0.0.1:{port} (PREFECT_HOME={os.environ['PREFECT_HOME']})")
     os.execv(exe, [exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
@@ -244,7 +245,9 @@ def demo_cmd(
                                                           if cfg.paths.eval_dir.exists() else [])
     typer.secho(f"\ndone in {wall:.0f} s: {body_s:.0f} s in the stages' own work, {task_s - body_s:.0f} s starting stage "
                 f"processes + DVC + MLflow, {wall - task_s:.0f} s in Prefect (flow, tasks, temporary API). Where to look:", bold=True)
-    typer.echo("  MLflow UI:       make mlflow-ui   ->  http://127.0.0.1:5000  (parent run 'progressive-training-...')")
+    from opensora_core.tracking import experiment_url
+
+    typer.echo(f"  MLflow UI:       make mlflow-ui   ->  {experiment_url(cfg)}  (parent run 'progressive-training-...')")
     typer.echo(f"  metrics:         .venv/bin/dvc metrics show   ({cfg.paths.metrics})")
     typer.echo(f"  sample videos:   {cfg.paths.eval_dir}" + "".join(f"\n                   {s}" for s in samples))
     typer.echo(f"  loss curves:     .venv/bin/dvc plots show   ({cfg.paths.ckpt_dir('*')}/train_log.csv)")

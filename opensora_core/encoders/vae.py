@@ -44,7 +44,11 @@ class VideoAutoencoderKL(nn.Module):
         Raises FileNotFoundError saying what to download and where to put it when the weights are missing.
         """
         from diffusers import AutoencoderKL
+        from diffusers.utils import is_accelerate_available
 
+        # diffusers asks for its low-memory loader by default, which needs `accelerate`; without it diffusers falls
+        # back to the plain loader and warns "install accelerate" on every load. Ask for the loader we have.
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
         vae = load_pretrained(lambda p: AutoencoderKL.from_pretrained(p, **kwargs), id_or_path, "VAE", param)
         vae.requires_grad_(False).eval()
         return cls(vae, scaling_factor=scaling_factor, micro_batch_size=micro_batch_size, sample_posterior=sample_posterior)

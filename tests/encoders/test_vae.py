@@ -78,3 +78,14 @@ def test_unreachable_hub_vae_says_how_to_download_it(monkeypatch):
     msg = str(err.value)
     assert "huggingface-cli download stabilityai/sd-vae-ft-ema-does-not-exist --local-dir pretrained_models/" in msg
     assert "vae.pretrained" in msg
+
+
+def test_loading_the_vae_prints_no_install_accelerate_advice(tiny_vae_dir):
+    # a user of the demo sees every stage's output: a library warning about an optional package is noise there
+    import subprocess
+    import sys
+
+    code = f"from opensora_core.encoders import VideoAutoencoderKL; VideoAutoencoderKL.from_pretrained({str(tiny_vae_dir)!r})"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "accelerate" not in out.stdout + out.stderr
