@@ -6,9 +6,16 @@
 
 The job is `python -m torch.distributed.run [--standalone | --nnodes/--rdzv-*] --nproc-per-node N --tee 3
 -m opensora_core.cli.main_module <args>`; torchrun's `[defaultK]:` line prefixes are rewritten to the
-global `[rank R]`. SIGTERM/SIGINT received by the caller are forwarded to torchrun (which stops its workers);
-after `grace_s` seconds the whole process group is killed. The caller's environment is passed through
-(OPENSORA_PARENT_RUN_ID joins the pipeline's MLflow run), plus `env`.
+global `[rank R]`. SIGTERM/SIGINT received by the caller are forwarded to torchrun (which stops its workers;
+a rank that gets SIGTERM checkpoints its current step first); after `grace_s` seconds the whole process group
+is killed. The caller's environment is passed through (OPENSORA_PARENT_RUN_ID joins the pipeline's MLflow
+run), plus `env`.
+
+Lifetime: torchrun runs under `opensora_core.lifetime` and the ranks bind themselves (`opensora` entry point),
+both owned by the caller: if the caller dies, torchrun and every rank stop (SIGTERM, SIGKILL 10 s later),
+even though torchrun starts each rank in a session of its own. torchrun tears the job down when one rank
+dies (`--max-restarts` 0). `hold_fd` (the stage lock) becomes every process's stdin, so the lock stays held
+until the job's last process has exited.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from opensora_core.lifetime import owned_env
 
 _PREFIX = re.compile(r"^\[default(\d+)\]:")
 
@@ -42,7 +51,7 @@ def train_args(stage: str, params: str | Path | None = None, preset: str | None 
 def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
                   node_rank: int | None = None, python: str | None = None) -> list[str]:
     """The torchrun command line running `opensora <args>` on `nproc` processes per node."""
-    cmd = [python or sys.executable, "-m", "torch.distributed.run"]
+    cmd = [python or sys.executable, "-m", "opensora_core.lifetime", "torch.distributed.run"]  # dies with its owner
     if nnodes == 1 and not rdzv_endpoint:
         cmd.append("--standalone")
     else:
@@ -65,23 +74,27 @@ def _relabel(line: str, rank_offset: int) -> str:
 def launch(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
            node_rank: int | None = None, env: dict[str, str] | None = None,
            line_callback: Callable[[str], None] | None = None, cwd: str | Path | None = None,
-           grace_s: float = 30.0, python: str | None = None) -> int:
+           grace_s: float = 30.0, python: str | None = None, hold_fd: int | None = None) -> int:
     """Run the job, call `line_callback(line)` (default: print) for each output line, return its exit status.
 
     A negative status means the job died from that signal (e.g. -9 for SIGKILL).
     """
     cmd = build_command(args, nproc, nnodes, rdzv_endpoint, node_rank, python)
     callback = line_callback or (lambda line: print(line, flush=True))
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    full_env = owned_env({**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, stdin=hold_fd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             env=full_env, cwd=cwd, start_new_session=True)
     offset = (node_rank or 0) * nproc
+    timers: list[threading.Timer] = []
 
     def forward(signum, _frame):
         callback(f"[launcher] forwarding {signal.Signals(signum).name} to the job")
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
-        threading.Timer(grace_s, _kill_group, args=(proc,)).start()
+        timer = threading.Timer(grace_s, _kill_group, args=(proc,))
+        timer.daemon = True  # must not keep this process alive after the job is gone
+        timer.start()
+        timers.append(timer)
 
     in_main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
@@ -96,6 +109,8 @@ def launch(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: 
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for timer in timers:
+            timer.cancel()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
