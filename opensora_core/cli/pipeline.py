@@ -80,7 +80,9 @@ def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
     _quiet_prefect()
     from flows.progressive_training import progressive_training
+    from flows.run_lifetime import bind_temporary_api
 
+    bind_temporary_api()  # the temporary Prefect server dies with this process, even by SIGKILL
     return progressive_training(
         preset=params.preset, overrides=list(params.overrides), stages_to_run=stage_list or None, force=force,
         train_retries=train_retries, use_dvc=use_dvc, params_path=params.path, nodes=nodes,
@@ -120,11 +122,13 @@ def compare_cmd(
     """Train one stage twice from the same seed (fp16 vs bf16, or lr 1e-4 vs 2e-5), grouped in MLflow."""
     _quiet_prefect()
     from flows.comparison import lr_comparison, precision_comparison
+    from flows.run_lifetime import bind_temporary_api
 
     p = _params(params, preset, overrides)
     fn = {"precision": precision_comparison, "lr": lr_comparison}.get(what)
     if fn is None:
         fail("compare precision | lr")
+    bind_temporary_api()
     rows = fn(stage=stage, steps=steps, preset=p.preset, overrides=list(p.overrides), params_path=p.path)
     _print_rows(rows)
 
