@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def _ranks(job: Job) -> list[psutil.Process]:
-    return [p for p in job.tree() if "train" in p.cmdline() and "--stage" in p.cmdline()]
+    return [p for p in job.tree() if "train" in p.cmdline() and "torch.distributed.run" not in p.cmdline()]
 
 
 def _torchrun(job: Job) -> psutil.Process:
@@ -70,23 +70,27 @@ def _flow_run_states(tmp_path) -> dict[str, str]:
 
 
 def test_a_killed_flow_takes_its_job_and_temporary_server_down_and_the_next_run_marks_it_crashed(tmp_path, reference):
-    """`kill -9` of `opensora pipeline run --stage pretrain_256` during training: the stage process, torchrun,
-    both ranks and Prefect's temporary API server go; the rerun marks the dead flow run Crashed and resumes."""
+    """`opensora pipeline run --stage pretrain_256` stopped during training, first by SIGTERM, then (rerun)
+    by SIGKILL: each time the stage process, torchrun, both ranks and Prefect's temporary API server go. The
+    SIGTERMed run ends Crashed by itself; the SIGKILLed one is marked Crashed by the next run, which resumes."""
     run_dir = tmp_path / "run"
     overrides = job_overrides(run_dir)
     env = _flow_env(tmp_path)
-    flow = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / "flow1.log", env)
-    flow.wait_for(f"step 5/{STEPS} ")
-    tree = flow.tree()
-    names = " ".join(" ".join(p.cmdline()) for p in tree)
-    assert "uvicorn" in names and "torch.distributed.run" in names, names
-    flow.proc.kill()
-    seconds = wait_all_gone(tree, str(run_dir))
-    flow.wait()
-    print(f"flow SIGKILL: its {len(tree) - 1} processes (server, stage, torchrun, ranks) gone after {seconds:.1f} s")
-    (dead,) = [name for name, state in _flow_run_states(tmp_path).items() if state == "RUNNING"]
+    for i, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
+        flow = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / f"flow{i}.log", env)
+        flow.wait_for(f"step {(latest_step(run_dir) or 0) + 5}/{STEPS} ")
+        tree = flow.tree()
+        names = " ".join(" ".join(p.cmdline()) for p in tree)
+        assert "uvicorn" in names and "torch.distributed.run" in names, names
+        flow.proc.send_signal(sig)
+        seconds = wait_all_gone(tree, str(run_dir))
+        flow.wait()
+        print(f"flow {sig.name}: its {len(tree) - 1} processes (server, stage, torchrun, ranks) gone after {seconds:.1f} s")
+    states = _flow_run_states(tmp_path)
+    assert sorted(states.values()) == ["CRASHED", "RUNNING"], states
+    (dead,) = [name for name, state in states.items() if state == "RUNNING"]
 
-    rerun = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / "flow2.log", env)
+    rerun = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / "flow-final.log", env)
     assert rerun.wait() == 0, rerun.text()[-3000:]
     assert f"flow run {dead} was still Running but its process is gone: marked Crashed" in rerun.text()
     assert _flow_run_states(tmp_path)[dead] == "CRASHED"
