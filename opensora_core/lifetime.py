@@ -85,7 +85,8 @@ def bind_to_owner() -> None:
         return
     chain = ancestors_until(int(owner))
     if chain is None:  # the owner died before we started: we are an orphan already
-        sys.stderr.write(f"[lifetime] owner process {owner} is gone; exiting\n")
+        with contextlib.suppress(OSError):
+            sys.stderr.write(f"[lifetime] owner process {owner} is gone; exiting\n")
         os._exit(1)
     _bound = True
     set_parent_death_signal(signal.SIGTERM)
@@ -116,7 +117,8 @@ def _watch(chain: list[int], grace_s: float) -> None:
         why = f"process {fds[gone[0][0]]} (of {chain}) exited"
     else:
         why = f"a process of {chain} was already gone"
-    sys.stderr.write(f"[lifetime] {why}: stopping (SIGTERM, SIGKILL in {grace_s:g} s)\n")
+    with contextlib.suppress(OSError):  # our stderr may be a pipe to the process that just died
+        sys.stderr.write(f"[lifetime] {why}: stopping (SIGTERM, SIGKILL in {grace_s:g} s)\n")
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(grace_s)
     os.kill(os.getpid(), signal.SIGKILL)
