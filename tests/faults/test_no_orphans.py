@@ -17,7 +17,7 @@ import pytest
 
 from opensora_core.lifetime import OWNER_ENV
 
-from conftest import STAGE, STAGE_ID, STEPS, Job, assert_same_weights, final_weights, job_overrides, latest_step, opensora, wait_all_gone
+from conftest import STAGE, STAGE_ID, STEPS, Job, assert_resumed_on_the_reference_trajectory, job_overrides, latest_step, opensora, wait_all_gone
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resume
     job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log-final")
     assert job.wait() == 0, job.text()[-3000:]
     assert "resuming" in job.text()
-    assert_same_weights(final_weights(run_dir), reference)
+    assert_resumed_on_the_reference_trajectory(run_dir, reference, steps_seen[-1])
 
 
 def _flow_env(tmp_path) -> dict[str, str]:
@@ -90,13 +90,14 @@ def test_a_killed_flow_takes_its_job_and_temporary_server_down_and_the_next_run_
     states = _flow_run_states(tmp_path)
     assert sorted(states.values()) == ["CRASHED", "RUNNING"], states
     (dead,) = [name for name, state in states.items() if state == "RUNNING"]
+    resumed_at = latest_step(run_dir)
 
     rerun = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / "flow-final.log", env)
     assert rerun.wait() == 0, rerun.text()[-3000:]
     assert f"flow run {dead} was still Running but its process is gone: marked Crashed" in rerun.text()
     assert _flow_run_states(tmp_path)[dead] == "CRASHED"
     assert "resuming" in rerun.text()
-    assert_same_weights(final_weights(run_dir), reference)
+    assert_resumed_on_the_reference_trajectory(run_dir, reference, resumed_at)
 
 
 _OWNER = textwrap.dedent("""
