@@ -70,6 +70,7 @@ def _flow_run_states(tmp_path) -> dict[str, str]:
         return dict(db.execute("SELECT name, state_type FROM flow_run"))
 
 
+@pytest.mark.timeout(1800)  # three flow runs, each starting Prefect's temporary server: ~20 s idle, minutes when busy
 def test_a_killed_flow_takes_its_job_and_temporary_server_down_and_the_next_run_marks_it_crashed(tmp_path, reference):
     """`opensora pipeline run --stage pretrain_256` stopped during training, first by SIGTERM, then (rerun)
     by SIGKILL: each time the stage process, torchrun, both ranks and Prefect's temporary API server go. The
