@@ -82,11 +82,18 @@ def running_with(text: str) -> list[str]:
     return found
 
 
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def wait_all_gone(procs: list[psutil.Process], marker: str, timeout: float = 120) -> float:
     """Wait until none of `procs` runs and no command line holds `marker`; returns the seconds it took."""
     t0 = time.monotonic()
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    alive = [p for p in alive if _running(p)]
     assert not alive, f"still running after {timeout} s: {[(p.pid, p.cmdline()[:4]) for p in alive]}"
     while running_with(marker) and time.monotonic() - t0 < timeout:
         time.sleep(0.2)
