@@ -113,7 +113,8 @@ _OWNER = textwrap.dedent("""
 def test_a_bound_process_dies_when_its_owner_or_any_process_in_between_dies(killed):
     owner = subprocess.Popen([sys.executable, "-c", _OWNER])
     root = psutil.Process(owner.pid)
-    while not any("timeit" in p.cmdline() for p in root.children(recursive=True)):
+    # bound = its watcher thread runs (before that, a dead owner is caught by the start-up check instead)
+    while not any("timeit" in p.cmdline() and p.num_threads() >= 2 for p in root.children(recursive=True)):
         assert owner.poll() is None
         time.sleep(0.05)
     tree = [root, *root.children(recursive=True)]
