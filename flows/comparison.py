@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.progressive_training import as_dict, job_params, stage_task
+from flows.run_lifetime import claim_flow_run
 from flows.runner import dvc_can_record, results_markdown, task_name
 from opensora_core import stages, tracking
 
@@ -49,6 +50,7 @@ def link_inputs(base_cfg, variant_cfg, stage_id: str) -> None:
 def compare(kind: str, key: str, values: list[Any], stage: str, steps: int | None, preset: str | None,
             overrides: list[str] | None, params_path: str | None) -> list[dict[str, Any]]:
     logger = get_run_logger()
+    claim_flow_run(logger)
     base = job_params(preset, None, None, None, overrides, params_path)
     cfg = base.load()
     sid = f"train@{stage}"

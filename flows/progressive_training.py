@@ -24,6 +24,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.run_lifetime import claim_flow_run
 from flows.runner import dvc_can_record, results_markdown, run_stage_process, select_stages, task_name
 from opensora_core import stages, tracking
 
@@ -53,6 +54,7 @@ def run_pipeline(params: stages.Params, stage_list: list[str] | None, train_retr
                  artifact_key: str = "progressive-training") -> list[dict[str, Any]]:
     """Run the selected stages in order under one MLflow parent run; publish the results table."""
     logger = get_run_logger()
+    claim_flow_run(logger)  # this run dies with its owner; earlier runs whose process died are marked Crashed
     cfg = params.load()
     ids = select_stages(cfg, stage_list)
     use_dvc = dvc_can_record(params, cfg) if use_dvc is None else use_dvc

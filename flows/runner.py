@@ -20,6 +20,7 @@ from typing import Any
 
 from opensora_core import stages
 from opensora_core.config import Config
+from opensora_core.lifetime import bound_command
 
 # DVC's hints after each stage (git add dvc.lock, autostage, dvc push): noise in a flow's log
 _DVC_HINTS = ("To track the changes with git", "git add ", "To enable auto staging", "dvc config core.autostage",
@@ -69,8 +70,8 @@ def _inside_dvc_repo(root: Path) -> bool:
 
 
 def stage_command(stage_id: str, params: stages.Params, use_dvc: bool, force: bool) -> list[str]:
-    if use_dvc:
-        return [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage_id]
+    if use_dvc:  # DVC is not ours: it runs bound to the flow (opensora_core/lifetime.py), so it dies with it
+        return bound_command("dvc", "repro", "--single-item", *(["--force"] if force else []), stage_id)
     return [sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "stage", stage_id,
             *(["--force"] if force else []), *params.cli_args()]
 

@@ -244,15 +244,18 @@ def _cache(cfg: Config, params: Params, on_line: LineCallback, stage: str) -> di
     return {"cache_mb": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 2**20}
 
 
-def _train(cfg: Config, params: Params, on_line: LineCallback, stage: str) -> dict[str, float]:
+def _train(cfg: Config, params: Params, on_line: LineCallback, stage: str, track: bool = True,
+           lock_fd: int | None = None) -> dict[str, float]:
     """Launch `opensora train --stage S` on cfg.train.processes ranks (torchrun); multi-node jobs read
-    OPENSORA_NNODES / OPENSORA_RDZV_ENDPOINT / OPENSORA_NODE_RANK (set by the cluster's worker)."""
+    OPENSORA_NNODES / OPENSORA_RDZV_ENDPOINT / OPENSORA_NODE_RANK (set by the cluster's worker).
+    Every process of the job inherits `lock_fd` (the stage lock), so the lock outlives none of them."""
     from opensora_core.train.launcher import launch, train_args
 
     nnodes = int(os.environ.get("OPENSORA_NNODES", "1"))
     errors: list[str] = []  # the job's error lines, so the failure message says why
     rank = os.environ.get("OPENSORA_NODE_RANK")
-    rc = launch(train_args(stage, params.path, params.preset, params.overrides), nproc=cfg.train.processes,
+    rc = launch(train_args(stage, params.path, params.preset, params.overrides, track=track), nproc=cfg.train.processes,
+                hold_fd=lock_fd,
                 nnodes=nnodes, rdzv_endpoint=os.environ.get("OPENSORA_RDZV_ENDPOINT") or None,
                 node_rank=int(rank) if rank else None, line_callback=lambda line: (errors.append(line) if "Error" in line else None,
                                                                          on_line(line)))
@@ -313,11 +316,14 @@ def _run_cli(args: list[str], on_line: LineCallback) -> None:
 def stream_command(cmd: list[str], on_line: LineCallback, env: dict[str, str] | None = None, cwd: str | Path | None = None) -> int:
     """Run `cmd`, calling `on_line` for every output line (stdout and stderr; `\\r` progress updates count as
     lines, so progress bars show while they run); returns the exit status. The child is terminated if we are
-    interrupted (a cancelled Prefect run must not leave an orphan job)."""
+    interrupted (a cancelled Prefect run must not leave an orphan job), and it is owned by this process
+    (opensora_core/lifetime.py): if we die, our `opensora` children and their jobs stop too."""
     import re
     import subprocess
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+    from opensora_core.lifetime import owned_env
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=owned_env({**os.environ, **(env or {})}),
                             cwd=cwd, start_new_session=False)
     buf = b""
     last_progress = 0.0
@@ -362,6 +368,29 @@ def run_stage(stage_id: str, params: Params | None = None, *, force: bool = Fals
     params = params or Params()
     cfg = params.load()
     on_line = on_line or (lambda line: print(line, flush=True))
+    split_id(stage_id)  # an unknown id fails before anything is written
+    with _stage_lock(cfg, stage_id, on_line) as lock:  # one writer per stage, whichever front door started it
+        return _run_locked(stage_id, params, cfg, force, on_line, track, lock.fd if lock else None)
+
+
+def lock_path(cfg: Config, stage_id: str) -> Path:
+    return cfg.root / ".stages" / f"{stage_id}.lock"
+
+
+def _stage_lock(cfg: Config, stage_id: str, on_line: LineCallback):
+    """The stage's lock (opensora_core/locks.py). The other nodes of a multi-node job run the same stage as
+    part of node 0's job: only node 0 takes it."""
+    import contextlib
+
+    from opensora_core.locks import StageLock
+
+    if os.environ.get("OPENSORA_NODE_RANK", "0") != "0":
+        return contextlib.nullcontext(None)
+    return StageLock(lock_path(cfg, stage_id), on_line=on_line)
+
+
+def _run_locked(stage_id: str, params: Params, cfg: Config, force: bool, on_line: LineCallback, track: bool,
+                lock_fd: int | None) -> StageResult:
     kind, sub = split_id(stage_id)
     fp = fingerprint(cfg, stage_id)
     if not force and is_up_to_date(cfg, stage_id):
@@ -389,6 +418,8 @@ def run_stage(stage_id: str, params: Params | None = None, *, force: bool = Fals
     args = (cfg, params, on_line) + ((sub,) if sub else ())
     if kind == "evaluate":
         args += (track,)
+    if kind == "train":
+        args += (track, lock_fd)
     if track and kind not in SELF_TRACKING:
         from opensora_core import tracking
 

@@ -48,6 +48,9 @@ def _options(
 
 
 def main() -> None:
+    from opensora_core.lifetime import bind_to_owner
+
+    bind_to_owner()  # a process started on behalf of another dies with it (opensora_core/lifetime.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("botocore.credentials", "aiobotocore.credentials"):  # "Found credentials in ...": noise
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -2,7 +2,7 @@
 
     opensora demo [--force]                       whole tiny pipeline through the Prefect flow, then where to look
     opensora pipeline run [--stage S ...] [--dtype bf16] [--lr 2e-5] [--processes 2] [key=value ...]
-    opensora pipeline stage <id> [--force] [key=value ...]     one stage (what dvc.yaml runs)
+    opensora pipeline stage <id> [--force] [--lock-timeout S] [key=value ...]   one stage (what dvc.yaml runs)
     opensora pipeline status                      which stages are up to date
     opensora pipeline compare precision|lr --stage pretrain_256
     opensora pipeline server                      local Prefect server on 127.0.0.1 (SQLite under .prefect/)
@@ -31,6 +31,20 @@ def _params(params: Path | None, preset: str | None, overrides: list[str] | None
     return Params(str(params) if params else None, preset, tuple(overrides or []))
 
 
+LockTimeoutOption = typer.Option(
+    None, "--lock-timeout", min=0, help="seconds to wait for a stage another run is writing, then fail (0: fail at "
+    "once); default: wait (env OPENSORA_LOCK_TIMEOUT)")
+
+
+def _set_lock_timeout(seconds: float | None) -> None:
+    import os
+
+    from opensora_core.locks import TIMEOUT_ENV
+
+    if seconds is not None:  # through the environment, so the stage subprocesses (DVC, Prefect tasks) see it too
+        os.environ[TIMEOUT_ENV] = str(seconds)
+
+
 def _quiet_prefect() -> None:
     import logging
     import os
@@ -46,12 +60,14 @@ def stage_cmd(
     overrides: list[str] = OverridesArgument,
     force: bool = typer.Option(False, "--force", help="rerun even if up to date (an unfinished job still resumes)"),
     no_track: bool = typer.Option(False, "--no-track", help="do not log to MLflow"),
+    lock_timeout: float = LockTimeoutOption,
     params: Path = ParamsOption,
     preset: str = PresetOption,
 ) -> None:
     """Run one stage (idempotent: skips when up to date). dvc.yaml's stages call this."""
     from opensora_core.stages import run_stage
 
+    _set_lock_timeout(lock_timeout)
     p = _params(params, preset, overrides)
     try:
         result = run_stage(stage_id, p, force=force, track=not no_track)
@@ -81,7 +97,9 @@ def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
     _quiet_prefect()
     from flows.progressive_training import progressive_training
+    from flows.run_lifetime import bind_temporary_api
 
+    bind_temporary_api()  # the temporary Prefect server dies with this process, even by SIGKILL
     return progressive_training(
         preset=params.preset, overrides=list(params.overrides), stages_to_run=stage_list or None, force=force,
         train_retries=train_retries, use_dvc=use_dvc, params_path=params.path, nodes=nodes,
@@ -99,10 +117,12 @@ def run_cmd(
     force: bool = typer.Option(False, "--force", help="rerun stages that are up to date"),
     retries: int = typer.Option(1, "--retries", help="retries per training task (resume from checkpoint)"),
     dvc: bool = typer.Option(None, "--dvc/--no-dvc", help="record stages through dvc repro (default: when possible)"),
+    lock_timeout: float = LockTimeoutOption,
     params: Path = ParamsOption,
     preset: str = PresetOption,
 ) -> None:
     """Run the progressive-training Prefect flow locally."""
+    _set_lock_timeout(lock_timeout)
     extra = [f"train.dtype={dtype}"] * bool(dtype) + [f"train.lr={lr}"] * bool(lr) + [f"train.processes={processes}"] * bool(processes)
     p = _params(params, preset, list(overrides or []) + extra)
     rows = run_flow(p, stage, force, retries, dvc, nodes)
@@ -121,11 +141,13 @@ def compare_cmd(
     """Train one stage twice from the same seed (fp16 vs bf16, or lr 1e-4 vs 2e-5), grouped in MLflow."""
     _quiet_prefect()
     from flows.comparison import lr_comparison, precision_comparison
+    from flows.run_lifetime import bind_temporary_api
 
     p = _params(params, preset, overrides)
     fn = {"precision": precision_comparison, "lr": lr_comparison}.get(what)
     if fn is None:
         fail("compare precision | lr")
+    bind_temporary_api()
     rows = fn(stage=stage, steps=steps, preset=p.preset, overrides=list(p.overrides), params_path=p.path)
     _print_rows(rows)
 

@@ -54,7 +54,12 @@ def register(app: typer.Typer) -> None:
             fail(f"{type(e).__name__}: {e}", EXIT_CHECKPOINT)
         except Terminated as e:
             typer.secho(f"stopped: {e}; resume by running the same command", err=True)
-            sys.exit(EXIT_TERMINATED)
+            # everything is on disk: skip the interpreter's teardown (gloo/thread pools take seconds) so a
+            # pre-empted job is gone promptly
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_TERMINATED)
         if rank == "0":
             typer.echo(f"{stage}: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
                        f"{summary['wall_time_s']:.1f}s -> {cfg.paths.ckpt_dir(stage) / 'final.json'}")

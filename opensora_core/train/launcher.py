@@ -11,6 +11,12 @@ OPENSORA_RDZV_TIMEOUT_S naming the nodes it saw); torchrun's `[defaultK]:` line 
 global `[rank R]`. SIGTERM/SIGINT received by the caller are forwarded to torchrun (which stops its workers);
 after `grace_s` seconds the whole process group is killed. The caller's environment is passed through
 (OPENSORA_PARENT_RUN_ID joins the pipeline's MLflow run), plus `env`.
+
+Lifetime: torchrun runs under `opensora_core.lifetime` and the ranks bind themselves (`opensora` entry point),
+both owned by the caller: if the caller dies, torchrun and every rank stop (SIGTERM, SIGKILL 10 s later),
+even though torchrun starts each rank in a session of its own. torchrun tears the job down when one rank
+dies (`--max-restarts` 0). `hold_fd` (the stage lock) becomes every process's stdin, so the lock stays held
+until the job's last process has exited.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from opensora_core.lifetime import owned_env
 
 _PREFIX = re.compile(r"^\[default(\d+)\]:")
 
@@ -67,8 +75,9 @@ def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_end
     `rdzv_timeout_s` (default OPENSORA_RDZV_TIMEOUT_S, 300) for all `nnodes` nodes; node 0 hosts the
     rendezvous store when `node_rank` is given.
     """
+    lifetime = [python or sys.executable, "-m", "opensora_core.lifetime"]  # torchrun dies with its owner
     if nnodes == 1 and not rdzv_endpoint:
-        cmd = [python or sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd = [*lifetime, "torch.distributed.run", "--standalone"]
     else:
         if not rdzv_endpoint:
             raise ValueError("a multi-node job needs rdzv_endpoint HOST:PORT (the same on every node)")
@@ -78,7 +87,7 @@ def build_command(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_end
         conf = [f"join_timeout={timeout}", f"read_timeout={timeout}"]
         if node_rank is not None:  # node 0 hosts the store (also when every node runs on one machine)
             conf.append(f"is_host={'1' if node_rank == 0 else '0'}")
-        cmd = [python or sys.executable, "-m", "opensora_core.train.rendezvous", "--nnodes", str(nnodes),
+        cmd = [*lifetime, "opensora_core.train.rendezvous", "--nnodes", str(nnodes),
                "--rdzv-backend", BACKEND, "--rdzv-endpoint", rdzv_endpoint, "--rdzv-conf", ",".join(conf)]
         if node_rank is not None:
             cmd += ["--node-rank", str(node_rank)]
@@ -96,23 +105,27 @@ def _relabel(line: str, rank_offset: int) -> str:
 def launch(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: str | None = None,
            node_rank: int | None = None, env: dict[str, str] | None = None,
            line_callback: Callable[[str], None] | None = None, cwd: str | Path | None = None,
-           grace_s: float = 30.0, python: str | None = None) -> int:
+           grace_s: float = 30.0, python: str | None = None, hold_fd: int | None = None) -> int:
     """Run the job, call `line_callback(line)` (default: print) for each output line, return its exit status.
 
     A negative status means the job died from that signal (e.g. -9 for SIGKILL).
     """
     cmd = build_command(args, nproc, nnodes, rdzv_endpoint, node_rank, python)
     callback = line_callback or (lambda line: print(line, flush=True))
-    full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    full_env = owned_env({**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, stdin=hold_fd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             env=full_env, cwd=cwd, start_new_session=True)
     offset = (node_rank or 0) * nproc
+    timers: list[threading.Timer] = []
 
     def forward(signum, _frame):
         callback(f"[launcher] forwarding {signal.Signals(signum).name} to the job")
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signum)
-        threading.Timer(grace_s, _kill_group, args=(proc,)).start()
+        timer = threading.Timer(grace_s, _kill_group, args=(proc,))
+        timer.daemon = True  # must not keep this process alive after the job is gone
+        timer.start()
+        timers.append(timer)
 
     in_main = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
@@ -127,6 +140,8 @@ def launch(args: Sequence[str], nproc: int = 1, nnodes: int = 1, rdzv_endpoint: 
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        for timer in timers:
+            timer.cancel()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

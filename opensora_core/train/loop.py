@@ -38,11 +38,31 @@ log = logging.getLogger("opensora.train")
 
 
 class Terminated(RuntimeError):
-    """SIGTERM/SIGINT arrived: the job stops (the last checkpoint stays the resume point)."""
+    """SIGTERM/SIGINT arrived: the job stops (after checkpointing its current step, when it was training)."""
 
 
-def _raise_terminated(signum, _frame):
-    raise Terminated(f"received {signal.Signals(signum).name}")
+class _StopRequest:
+    """Signal handler: before the step loop, stop at once; in it, finish the step, checkpoint it, then stop
+    (pre-emption loses nothing). Every rank stops at the same step: they agree through an all-reduce."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.in_loop = False
+
+    def __call__(self, signum, _frame):
+        if not self.in_loop:
+            raise Terminated(f"received {signal.Signals(signum).name}")
+        self.signum = signum
+
+    def agreed(self, device) -> bool:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.signum is not None
+        flag = torch.tensor([int(self.signum is not None)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one int per step; the loss read-back syncs anyway
+        self.signum = self.signum or (signal.SIGTERM if flag.item() else None)
+        return bool(flag.item())
 
 
 def seed_everything(seed: int) -> None:
@@ -140,17 +160,18 @@ def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None) ->
     `dataset` replaces the configured data source (tests). Raises NonFiniteLossError after
     `train.nan_patience` consecutive NaN/inf losses, Terminated on SIGTERM/SIGINT.
     """
-    old_handlers = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = _StopRequest()
+    old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     env = init_distributed(timeout_s=cfg.train.collective_timeout_s)
     try:
-        return _train(cfg, stage, env, track and env.is_main, dataset)
+        return _train(cfg, stage, env, track and env.is_main, dataset, stop)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         destroy_distributed()
 
 
-def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]:
+def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopRequest) -> dict[str, Any]:
     st, tc = cfg.stage(stage), cfg.train
     out_dir = cfg.paths.ckpt_dir(stage)
     sp_size = st.sp_size
@@ -247,6 +268,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
             watcher.maybe_run(step, ema)
         t_start, last_loss = time.perf_counter(), float("nan")
         train_model.train()
+        stop.in_loop = True
         while step < st.max_steps:
             for batch in data.loader:
                 t0 = time.perf_counter()
@@ -278,8 +300,11 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset) -> dict[str, Any]
                              "%.3g TFLOP/s MFU %s peak %.0f MiB", step, st.max_steps, row["loss"], row["lr"], grad_norm,
                              scaler.scale_value, scaler.skipped_steps, row["samples_per_s"], row["tokens_per_s"],
                              row["tflops"], f"{row['mfu']:.1%}" if "mfu" in row else "n/a", row["memory_mb"])
-                if step % tc.ckpt_every == 0 or step == st.max_steps:
+                stopping = step < st.max_steps and stop.agreed(env.device)
+                if step % tc.ckpt_every == 0 or step == st.max_steps or stopping:
                     save(step, run_id)
+                if stopping:
+                    raise Terminated(f"received {signal.Signals(stop.signum).name}; checkpointed step {step}")
                 if watcher:
                     watcher.maybe_run(step, ema)
                 if step >= st.max_steps:

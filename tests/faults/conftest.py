@@ -1,4 +1,5 @@
-"""Fixtures of the fault tests: fake AWS credentials, a killable moto S3 server, a killable MLflow server."""
+"""Fixtures of the fault tests: fake AWS credentials, a killable moto S3 server, a killable MLflow server, and the
+reference weights of an uninterrupted run of the tiny two-rank training stage (jobs.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import pytest
 
 from fault_servers import FAKE_AWS, ServerProcess, free_port, moto_server
+from jobs import STAGE_ID, Job, final_weights, job_overrides, losses, opensora
 
 
 @pytest.fixture
@@ -42,3 +44,12 @@ def mlflow_server(tmp_path_factory):
                            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner: a faster start
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """Final weights of one uninterrupted run of the stage (no MLflow)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *job_overrides(run_dir)), run_dir.parent / "log")
+    assert job.wait() == 0, job.text()[-3000:]
+    return {**final_weights(run_dir), "losses": losses(run_dir)}

@@ -39,6 +39,7 @@ def test_dvc_records_the_run_only_when_the_config_is_exactly_params_yaml():
 
 def test_commands_go_through_dvc_or_the_cli():
     p = stages.Params(overrides=("train.lr=1e-4",))
-    assert stage_command("train@pretrain_256", p, True, False)[1:] == ["-m", "dvc", "repro", "--single-item", "train@pretrain_256"]
+    assert stage_command("train@pretrain_256", p, True, False)[1:] == ["-m", "opensora_core.lifetime", "dvc", "repro",
+                                                                      "--single-item", "train@pretrain_256"]
     cli = stage_command("train@pretrain_256", p, False, True)
     assert cli[0] == sys.executable and cli[3:] == ["pipeline", "stage", "train@pretrain_256", "--force", "train.lr=1e-4"]

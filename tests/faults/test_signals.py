@@ -1,0 +1,85 @@
+"""Signals: SIGTERM stops `opensora pipeline serve`, `opensora pipeline server` and a training job (which first
+checkpoints the step it is at, so pre-emption loses nothing)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from jobs import STAGE_ID, STEPS, Job, assert_resumed_on_the_reference_trajectory, job_overrides, latest_step, opensora, wait_all_gone
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_health(url: str, job: Job, seconds: float = 600) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert job.proc.poll() is None and time.monotonic() < deadline, job.text()[-2000:]
+            time.sleep(0.5)
+
+
+def _terminate(job: Job) -> tuple[int, float]:
+    tree = job.tree()
+    t0 = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)
+    rc = job.wait(timeout=120)
+    wait_all_gone(tree, "\0")  # its children too (the server's services, the runner's webserver)
+    return rc, time.monotonic() - t0
+
+
+def test_sigterm_stops_serve_and_the_server(tmp_path):
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
+           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect' / 'prefect.db'}",
+           "PREFECT_UI_ENABLED": "false"}
+    server = Job(opensora("pipeline", "server", "--port", str(port)), tmp_path / "server.log", env)
+    serve = None
+    try:
+        _wait_for_health(f"{api}/health", server)
+        serve = Job(opensora("pipeline", "serve", "--api-url", api), tmp_path / "serve.log", env)
+        serve.wait_for("serving progressive-training/tiny")  # registered, and the runner polls
+        rc, seconds = _terminate(serve)
+        print(f"serve: exit status {rc}, {seconds:.1f} s after SIGTERM")
+        assert rc in (0, 143, -signal.SIGTERM), serve.text()[-2000:]
+        rc, seconds = _terminate(server)
+        print(f"server: exit status {rc}, {seconds:.1f} s after SIGTERM")
+        assert rc in (0, 143, -signal.SIGTERM), server.text()[-2000:]
+    finally:
+        for job in (serve, server):
+            if job and job.proc.poll() is None:
+                job.proc.kill()
+
+
+def test_sigterm_to_a_training_job_checkpoints_the_current_step_and_the_rerun_reaches_the_same_weights(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    overrides = job_overrides(run_dir)
+    job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log")
+    job.wait_for(f"step 13/{STEPS} ")  # between the checkpoints of steps 10 and 20
+    tree = job.tree()
+    t0 = time.monotonic()
+    job.proc.send_signal(signal.SIGTERM)
+    seconds = wait_all_gone(tree, str(run_dir))  # (this reaps the job, so its exit status is not read here)
+    job.wait()
+    assert "exited with status" in job.text() and "rerun to resume" in job.text()
+    step = latest_step(run_dir)
+    print(f"training job: every process gone {time.monotonic() - t0:.1f} s after SIGTERM ({seconds:.1f}); checkpoint at step {step}")
+    assert step is not None and 13 <= step < STEPS, f"no checkpoint of the current step: {step}"
+    assert f"checkpointed step {step}" in job.text()
+    rerun = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log2")
+    assert rerun.wait() == 0, rerun.text()[-3000:]
+    assert_resumed_on_the_reference_trajectory(run_dir, reference, step)
