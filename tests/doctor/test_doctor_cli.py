@@ -74,31 +74,6 @@ def test_unknown_stage_is_bad_input(proj):
     assert "--stage: unknown stage 'finetune_1024'" in result.stderr
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on 127.0.0.1 with a bucket `opensora-dvc` (as tests/flows/test_dvc_s3_remote.py)."""
-    from moto.server import ThreadedMotoServer
-
-    old = {k: os.environ.get(k) for k in FAKE_AWS}
-    os.environ.update(FAKE_AWS)
-    port = _closed_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        import boto3
-
-        url = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="opensora-dvc")
-        yield url
-    finally:
-        server.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def dvc_remote(proj, name: str, url: str, endpoint: str) -> None:
     """What `dvc remote add` + `dvc remote modify ... endpointurl` write, in the local config (dvc merges it)."""
     (proj / ".dvc" / "config.local").write_text(f"['remote \"{name}\"']\n    url = {url}\n    endpointurl = {endpoint}\n")

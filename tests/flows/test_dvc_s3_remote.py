@@ -23,31 +23,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """moto's S3 server on 127.0.0.1 with a bucket `opensora-dvc`."""
-    from moto.server import ThreadedMotoServer
-
-    old = {k: os.environ.get(k) for k in FAKE_AWS}
-    os.environ.update(FAKE_AWS)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        import boto3
-
-        url = f"http://127.0.0.1:{port}"
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="opensora-dvc")
-        yield url
-    finally:
-        server.stop()
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, **FAKE_AWS}
     out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
