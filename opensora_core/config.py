@@ -123,7 +123,9 @@ class DataConfig(_Strict):
         if self.source == "csv" and self.captioner == "synthetic":
             raise ValueError("captioner synthetic reads the ground truth of synthetic clips; a csv source keeps its "
                              "captions with captioner: existing (or recaptions them with llava)")
-        if self.dask is not None and not re.fullmatch(r"local(:[1-9][0-9]*)?|[a-z]+://\S+|[\w.-]+:\d+", self.dask):
+        local = self.dask is not None and (self.dask == "local" or self.dask.startswith("local:"))
+        if self.dask is not None and not (re.fullmatch(r"local(:[1-9][0-9]*)?", self.dask) if local
+                                          else re.fullmatch(r"[a-z]+://\S+|[\w.-]+:\d+", self.dask)):
             raise ValueError(f"dask {self.dask!r}: expected local, local:N (N >= 1 workers) or a scheduler address (tcp://host:8786)")
         if self.min_duration > self.max_duration:
             raise ValueError(f"min_duration {self.min_duration} > max_duration {self.max_duration}")

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
         except Exception as e:
             fail(str(e))
         rank = os.environ.get("RANK", "0")
-        logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S",
+        logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S", stream=_Stderr(),
                             format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
         from opensora_core.train.checkpoint import CheckpointError
         from opensora_core.train.loop import NonFiniteLossError, Terminated, train_stage
@@ -84,3 +84,14 @@ def register(app: typer.Typer) -> None:
             os.environ["OPENSORA_RDZV_TIMEOUT_S"] = str(int(rdzv_timeout))
         rc = launch(args, nproc=nproc, nnodes=nnodes, rdzv_endpoint=rdzv_endpoint, node_rank=node_rank)
         sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+class _Stderr:
+    """sys.stderr as it is at each write: a caller that swaps it for a while (a test runner) may close the one it
+    lent, and a handler holding that one would then fail every later log call of the process."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()

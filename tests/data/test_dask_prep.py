@@ -159,5 +159,5 @@ def test_data_dask_names_a_cluster_or_is_refused():
 
     for good in ("local", "local:3", "tcp://10.0.0.5:8786", "scheduler:8786"):
         assert load_config(overrides=[f"data.dask={good}"]).data.dask == good
-    with pytest.raises(ConfigError, match="data.dask: dask 'local:0'"):
+    with pytest.raises(ConfigError, match="data: dask 'local:0'"):
         load_config(overrides=["data.dask=local:0"])

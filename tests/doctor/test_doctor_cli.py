@@ -32,7 +32,8 @@ def proj(tmp_path_factory):
 
 
 def doctor(proj, *args: str):
-    env = {project.PROJECT_ENV: str(proj), "PREFECT_API_URL": ""}
+    # MLFLOW_TRACKING_URI unset: the project's own tracking.uri (another test may have left one in the environment)
+    env = {project.PROJECT_ENV: str(proj), "PREFECT_API_URL": "", "MLFLOW_TRACKING_URI": None}
     result = CliRunner().invoke(app, ["doctor", *args], env=env)
     os.environ.pop(project.PROJECT_ENV, None)  # the --project callback's way of passing it on
     return result

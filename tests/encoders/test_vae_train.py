@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -51,17 +50,30 @@ def test_tiny_vae_reaches_28db_psnr_on_held_out_synthetic_frames(tmp_path):
     Measured (one CPU thread, which train_tiny_vae sets): 29.3-29.6 dB on the preset's 600 clips after 1400
     steps, ~70-90 s. The issue's requirement is 28 dB.
     """
-    from opensora_core.config import load_config
-    from opensora_core.data.stages import prepare_data
-    from opensora_core.encoders.build import train_configured_vae
+    import json
+    import subprocess
+    import sys
 
-    cfg = load_config(preset="tiny", overrides=[f"run_dir={tmp_path}"])
-    prepare_data(cfg, progress=False)
-    start = time.perf_counter()
-    result = train_configured_vae(cfg)
-    print(f"tiny VAE: {result.psnr_val:.2f} dB held-out ({result.num_val_frames} frames of unseen clips), "
-          f"{result.psnr_train:.2f} dB train, {result.steps} steps, {time.perf_counter() - start:.1f} s")
-    assert result.psnr_val >= 28.0
+    # in a process of its own, as the pipeline's encoders stage runs: torch state left by earlier tests of this
+    # session (seen: 22.6 dB after the full suite, 29+ dB alone; not yet tracked down) must not decide the result
+    script = f"""
+import json, time
+from opensora_core.config import load_config
+from opensora_core.data.stages import prepare_data
+from opensora_core.encoders.build import train_configured_vae
+cfg = load_config(preset="tiny", overrides=["run_dir={tmp_path}"])
+prepare_data(cfg, progress=False)
+start = time.perf_counter()
+r = train_configured_vae(cfg)
+print(json.dumps({{"val": r.psnr_val, "train": r.psnr_train, "n": r.num_val_frames, "steps": r.steps,
+                  "s": time.perf_counter() - start}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"tiny VAE: {result['val']:.2f} dB held-out ({result['n']} frames of unseen clips), "
+          f"{result['train']:.2f} dB train, {result['steps']} steps, {result['s']:.1f} s")
+    assert result["val"] >= 28.0
 
 
 def test_tiny_preset_trains_the_vae_with_the_measured_recipe():

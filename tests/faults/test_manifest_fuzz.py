@@ -134,7 +134,7 @@ def test_the_good_rows_of_a_fuzzed_manifest_are_cached_and_train(tmp_path):
         "stages.pretrain_256.frame_interval=3", "stages.finetune_512.frame_interval=3", "stages.finetune_64f.num_frames=8",
         "model.hidden_size=32", "model.depth=2", "model.num_heads=2", "text_encoder.hidden_size=16",
         "text_encoder.model_max_length=8", "train.processes=1", "train.warmup_steps=1",
-        f"stages.{stage}.batch_size=2", f"stages.{stage}.max_steps=2", "train.ckpt_every=2"])
+        f"stages.{stage}.batch_size=2", f"stages.{stage}.max_steps=2", "train.ckpt_every=2", "train.sample_every=0"])
     prepare_data(cfg, progress=False)
     manifest = caption_data(cfg, progress=False)
     rows = pd.read_csv(manifest, keep_default_na=False).to_dict("records")

@@ -214,7 +214,7 @@ def tiny_train_config(run_dir: Path, steps: int):
              "text_encoder.hidden_size": 16, "text_encoder.model_max_length": 8, "train.dtype": "fp32",
              "train.lr": 1e-3, "train.warmup_steps": 0, "train.ckpt_every": 100, "train.log_every": 1,
              "train.processes": 1, f"stages.{STAGE}.num_frames": 2, f"stages.{STAGE}.image_size": 16,
-             f"stages.{STAGE}.batch_size": 2, f"stages.{STAGE}.max_steps": steps}
+             f"stages.{STAGE}.batch_size": 2, f"stages.{STAGE}.max_steps": steps, "train.sample_every": 0}
     return load_config(overrides=[f"{k}={v}" for k, v in items.items()])
 
 
