@@ -130,30 +130,19 @@ def test_the_pipeline_trains_on_a_captions_csv(clips_csv, tmp_path):
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
 
 
-def test_a_csv_on_s3_lists_clips_relative_to_itself(shared_data, tmp_path, monkeypatch):
-    import socket
-
+def test_a_csv_on_s3_lists_clips_relative_to_itself(shared_data, tmp_path, monkeypatch, s3_endpoint):
     import boto3
     import s3fs
-    from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
-        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
-            monkeypatch.setenv(k, v)
-        s3fs.S3FileSystem.clear_instance_cache()
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+        s3 = boto3.client("s3", endpoint_url=s3_endpoint)
         s3.create_bucket(Bucket="videos")
         s3.upload_file(str(shared_data / "carphone_pristine.mp4"), "videos", "set/clips/carphone.mp4")
         s3.put_object(Bucket="videos", Key="set/clips.csv", Body=f"path,text\nclips/carphone.mp4,{CARPHONE}\n".encode())
         summary = ingest_csv("s3://videos/set/clips.csv", tmp_path / "raw", progress=False)
     finally:
-        server.stop()
         s3fs.S3FileSystem.clear_instance_cache()
     df = read_manifest(tmp_path / "raw" / "manifest.csv")
     assert summary["clips"] == 1 and df["path"].tolist() == ["s3://videos/set/clips/carphone.mp4"]
