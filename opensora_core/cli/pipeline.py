@@ -21,6 +21,18 @@ import typer
 
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
 
+# the Prefect server the serving, deployment and worker commands talk to (one declaration, spelled the same)
+ApiUrlOption = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL")
+
+
+def _exec_prefect(*args: str) -> None:
+    """Replace this process with the venv's `prefect` command (signals then reach Prefect directly)."""
+    import os
+
+    exe = str(Path(sys.executable).parent / "prefect")
+    os.execv(exe, [exe, *args])
+
+
 pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deployments.", no_args_is_help=True)
 
 
@@ -161,14 +173,13 @@ def server_cmd(port: int = typer.Option(4200, "--port")) -> None:
 
     configure_prefect_env()  # project-local PREFECT_HOME and SQLite database
     os.environ["PREFECT_SERVER_API_PORT"] = str(port)  # the UI's API URL is built from it, not from --port
-    exe = str(Path(sys.executable).parent / "prefect")
     typer.echo(f"Prefect server on http://127.0.0.1:{port} (PREFECT_HOME={os.environ['PREFECT_HOME']})")
-    os.execv(exe, [exe, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+    _exec_prefect("server", "start", "--host", "127.0.0.1", "--port", str(port))
 
 
 @pipeline_app.command("serve")
 def serve_cmd(
-    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+    api_url: str = ApiUrlOption,
     name: str = typer.Option("tiny", "--name", help="deployment name: progressive-training/<name>"),
 ) -> None:
     """Serve the flows as deployments against a Prefect server; then `prefect deployment run progressive-training/tiny`."""
@@ -184,7 +195,7 @@ def serve_cmd(
 @pipeline_app.command("pool")
 def pool_cmd(
     name: str = typer.Argument("gpu", help="work pool name"),
-    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+    api_url: str = ApiUrlOption,
 ) -> None:
     """Create a `process` work pool on the Prefect server (idempotent). Then `opensora pipeline deploy --pool NAME`."""
     import os
@@ -201,7 +212,7 @@ def pool_cmd(
 def deploy_cmd(
     pool: str = typer.Option("gpu", "--pool", help="work pool (see `opensora pipeline pool`)"),
     name: str = typer.Option(None, "--name", help="deployment name (default: the project folder's name)"),
-    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+    api_url: str = ApiUrlOption,
 ) -> None:
     """Deploy progressive-training/<name> and the comparison flows to a work pool, from this project."""
     import os
@@ -225,15 +236,14 @@ def deploy_cmd(
 @pipeline_app.command("worker")
 def worker_cmd(
     pool: str = typer.Option("gpu", "--pool", help="work pool to pull flow runs from"),
-    api_url: str = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL"),
+    api_url: str = ApiUrlOption,
 ) -> None:
     """Start a Prefect worker for the pool on this machine (each flow run in a subprocess, in the project)."""
     import os
 
     os.environ["PREFECT_API_URL"] = api_url
-    exe = str(Path(sys.executable).parent / "prefect")
     typer.echo(f"prefect worker for pool {pool!r} at {api_url}")
-    os.execv(exe, [exe, "worker", "start", "--pool", pool, "--type", "process"])
+    _exec_prefect("worker", "start", "--pool", pool, "--type", "process")
 
 
 def _print_rows(rows) -> None:
