@@ -31,8 +31,18 @@ def bind_temporary_api() -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    from prefect.server.api import server as prefect_server
+
     server = SubprocessASGIServer()  # the instance Prefect's client uses in ephemeral mode (one per process)
-    server.start()
+    # Prefect announces it with a three-line pointer to its docs on every run; one line of ours says the same
+    quiet = logging.Filter()
+    quiet.filter = lambda record: not str(record.msg).startswith("Starting temporary server")
+    prefect_server.subprocess_server_logger.addFilter(quiet)
+    try:
+        server.start()
+    finally:
+        prefect_server.subprocess_server_logger.removeFilter(quiet)
+    log.info("Prefect: temporary API server on %s (set PREFECT_API_URL to use a running server)", server.address)
     if server.server_process is not None:
         reap_with_me(server.server_process.pid)
 

@@ -7,6 +7,17 @@ import socket
 
 import pytest
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test gets back the environment it started with: a CLI callback (`--project`), Dask (OMP_NUM_THREADS,
+    PYTHONHASHSEED) and others write into os.environ, and later tests' subprocesses would inherit it."""
+    before = dict(os.environ)
+    yield
+    if dict(os.environ) != before:
+        os.environ.clear()
+        os.environ.update(before)
+
+
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 

@@ -68,5 +68,17 @@ def write_clips(clips: pd.DataFrame, out_dir: Path) -> Path:
 
 def log_input(mlflow, clips: pd.DataFrame, info: dict[str, Any]) -> None:
     """`mlflow.log_input` of the clip list, so the runs table's Dataset column names what trained the run."""
-    dataset = mlflow.data.from_pandas(clips, source=info["source"], name=info["name"], digest=info["digest"])
+    dataset = mlflow.data.from_pandas(clips, source=_local_source(mlflow, info["source"]), name=info["name"],
+                                      digest=info["digest"])
     mlflow.log_input(dataset, context="training")
+
+
+def _local_source(mlflow, path: str):
+    """The manifest as MLflow's local-file dataset source. Built directly: from a plain path MLflow 3 finds two
+    equal candidates (its `file` and `local` artifact schemes) and warns that the source is ambiguous."""
+    from mlflow.data.dataset_source_registry import get_registered_sources
+
+    for source in get_registered_sources():
+        if source._get_source_type() == "local":
+            return source(path)
+    return path  # an MLflow without it: let it resolve (and warn)

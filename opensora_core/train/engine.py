@@ -117,10 +117,14 @@ class TorchEngine:
             return model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        # broadcast_buffers=False: the buffers (position embeddings, null caption) are identical on every
-        # rank by construction; broadcasting them each step costs a collective for nothing.
+        import inspect
+
+        # no buffer sync per step: the buffers (position embeddings, null caption) are identical on every rank
+        # by construction, broadcasting them costs a collective for nothing. torch 2.13 calls it
+        # forward_sync_buffers (broadcast_buffers is deprecated there and warns); older torch only knows the latter.
+        new = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
         return DDP(model, device_ids=[self.env.local_rank] if self.env.device.type == "cuda" else None,
-                   broadcast_buffers=False)
+                   **{"forward_sync_buffers" if new else "broadcast_buffers": False})
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
