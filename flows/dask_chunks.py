@@ -1,10 +1,11 @@
 """The data stages' parallel work cut into a few large chunks per Dask worker, and the code the workers run.
 
-A Prefect task run per small unit (4 files, one shard) cost ~1.8 s of orchestration on this machine against
-~16 ms of work per tiny clip (benchmarks/dask_overhead.py says where it goes). So flows/data_prep.py runs each
-step as one Prefect task that submits `chunk_ranges` of the items as plain Dask futures through
-prefect_dask.get_dask_client(): a future costs milliseconds, and each worker gets a few chunks (more than one, so
-a slow worker does not hold up the rest, and an interrupted ingest keeps what finished).
+A Prefect task run per small unit (4 files, one shard) cost ~0.5 s on a worker that was up, and ~30 s for a fresh
+worker's first (it starts a temporary Prefect API server of its own), against 10-70 ms of work per tiny clip
+(benchmarks/dask_overhead.py). So flows/data_prep.py runs each step as one Prefect task that submits
+`chunk_ranges` of the items as plain Dask futures through prefect_dask.get_dask_client(): a future costs ~12 ms,
+and each worker gets a few chunks (more than one, so a slow worker does not hold up the rest, and an interrupted
+ingest keeps what finished).
 
 Nothing here imports Prefect: a worker imports this module to run a chunk. Models load once per worker process.
 """
@@ -55,7 +56,6 @@ def encode_chunk(params, stage: str, manifest: str, pieces: list[tuple[str | Non
     from safetensors.torch import save_file
 
     from opensora_core.data.cache import encode_shard
-
     from opensora_core.data.dataset import VideoDataset
 
     st = params.load().stage(stage)

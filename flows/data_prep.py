@@ -204,7 +204,7 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
     start), so a shard split between chunks is joined from pieces that hold the very same batches."""
     import torch
 
-    from flows.dask_chunks import encode_chunk, merge_pieces
+    from flows.dask_chunks import encode_chunk
     from opensora_core.data.cache import INDEX, cache_fingerprint, default_encoder_key, publish_cache
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.data.manifest import read_manifest, reject_records
@@ -256,10 +256,20 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
     index: dict[str, Any] = {"fingerprint": fingerprint, "stage": stage, "manifest": str(manifest),
                              "num_frames": st.num_frames, "frame_interval": st.frame_interval,
                              "image_size": st.image_size, "splits": {}, "rejected": reject_records(df.attrs["rejects"])}
-    for split in splits:
-        index["splits"][split or "train"] = {"shards": [], "count": 0, "texts": [], "rows": []}
-    for split, name in dict.fromkeys((split, name) for split, name, _ in batches):
-        pieces, entry = parts[name], index["splits"][split or "train"]
+    index["splits"] = _join_shards(tmp, splits, [(split, name) for split, name, _ in batches], parts)
+    total = sum(e["count"] for e in index["splits"].values())
+    publish_cache(tmp, out, index, total, t0)
+    return {"clips_encoded": total}
+
+
+def _join_shards(tmp: Path, splits: list, shard_of_batch: list[tuple[str | None, str]], parts: dict[str, list[dict]]) -> dict:
+    """Each shard's pieces (one per chunk that encoded some of its batches) -> the shard file in tmp, and the
+    index's splits: shard files and counts, texts and manifest rows, in build_latent_cache's order."""
+    from flows.dask_chunks import merge_pieces
+
+    entries = {split or "train": {"shards": [], "count": 0, "texts": [], "rows": []} for split in splits}
+    for split, name in dict.fromkeys(shard_of_batch):
+        pieces, entry = parts[name], entries[split or "train"]
         files = [tmp / p["file"] for p in pieces]
         if len(files) == 1:
             files[0].rename(tmp / name)
@@ -270,9 +280,7 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
         entry["texts"] += [t for p in pieces for t in p["texts"]]
         entry["rows"] += [i for p in pieces for i in p["rows"]]
         entry["count"] += count
-    total = sum(e["count"] for e in index["splits"].values())
-    publish_cache(tmp, out, index, total, t0)
-    return {"clips_encoded": total}
+    return entries
 
 
 # ------------------------------------------------------------------------------------------------ flow
