@@ -1,13 +1,18 @@
 """Data stages on Dask vs one process: clips/s of ingest (probe, hash, scene split) and of latent-cache building.
 
-    python benchmarks/dask_data.py [--clips 48] [--rounds 3] [--no-track]
+    python benchmarks/dask_data.py [--clips 96] [--rounds 3] [--chunks-per-worker 4] [--no-track]
 
 Synthetic H.264 clips (32 frames, 32 px) in a temp folder, the tiny VAE and text encoder; each round runs, in
 alternating order, the single-process stage (`ingest(workers=1)`, `build_latent_cache`) and the data-prep flow's
-step on a local Dask cluster of 1 and of 2 worker processes (one thread each). `step s` is the step's own time
-inside the flow (cluster up, tasks mapped and gathered); `start-up s` is the rest of the call: Prefect's
-temporary API server and the Dask cluster, paid once per flow run. Medians (min-max) of the rounds; the table is
-printed and logged to MLflow (tags.bench = dask_data).
+step on local Dask clusters of 1 and of 2 worker processes (one thread each), two ways:
+  cold   a fresh LocalCluster per flow run, as `data.dask: local:N` starts one: workers import torch/av and load
+         the encoders inside the step
+  warm   a long-lived LocalCluster reached by address (as `data.dask: tcp://...`), already importing the project
+`step s` is the step's own time inside the flow (chunks submitted and gathered); `setup s` and `work s` are the
+workers' summed seconds of imports + model loads and of probing/encoding (flows/dask_chunks.py times them);
+`start-up s` is the rest of the call: Prefect's temporary API server (and a cold cluster), paid once per flow run.
+Every Dask output is checked byte for byte against the single-process one. Medians (min-max) of the rounds; the
+table is printed and logged to MLflow (tags.bench = dask_data).
 """
 
 from __future__ import annotations
@@ -24,10 +29,36 @@ def _median(xs: list[float]) -> str:
     return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
 
+def _warm_cluster(workers: int):
+    """A long-lived LocalCluster whose workers have imported the project's data and encoder code."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    with Client(cluster) as client:
+        client.run(lambda: __import__("flows.dask_chunks") and __import__("opensora_core.data.cache")
+                   and __import__("opensora_core.data.ingest") and __import__("opensora_core.encoders"))
+    return cluster
+
+
+def _same_outputs(a, b, stage: str) -> bool:
+    """The raw manifest, rejects and every cache file (index without its timing) of two runs, byte for byte."""
+    import json
+
+    ca, cb = a.cache_dir(stage), b.cache_dir(stage)
+    ia, ib = (json.loads((c / "index.json").read_text()) for c in (ca, cb))
+    for i in (ia, ib):
+        i.pop("seconds"), i.pop("clips_per_second"), i.pop("manifest")  # timing, and the run's own path
+    files = sorted(p.name for p in ca.glob("*.safetensors"))
+    return (a.raw_manifest.read_bytes() == b.raw_manifest.read_bytes() and a.rejects.read_bytes() == b.rejects.read_bytes()
+            and ia == ib and files == sorted(p.name for p in cb.glob("*.safetensors"))
+            and all((ca / f).read_bytes() == (cb / f).read_bytes() for f in files))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clips", type=int, default=48)
+    ap.add_argument("--clips", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunks-per-worker", type=int, default=None, help="default: data.dask_chunks_per_worker")
     ap.add_argument("--no-track", action="store_true")
     a = ap.parse_args()
 
@@ -35,7 +66,7 @@ def main() -> None:
     from rich.table import Table
 
     from flows.data_prep import run_data_prep
-    from opensora_core.data.cache import build_latent_cache
+    from opensora_core.data.cache import SHARD_SIZE, build_latent_cache
     from opensora_core.data.caption import caption_manifest
     from opensora_core.data.ingest import ingest
     from opensora_core.data.synthetic import generate_synthetic
@@ -48,56 +79,69 @@ def main() -> None:
     src = tmp / "syn" / "videos"
     base = ("data.source=ingest", f"data.src={src}", "data.min_resolution=16", "train.sample_every=0")
     stage = "pretrain_256"
-    times: dict[tuple[str, str], list[float]] = {}
-    startup: dict[tuple[str, str], list[float]] = {}
+    cols: dict[tuple[str, str], dict[str, list[float]]] = {}
 
     def params(run: Path) -> Params:
         return Params(overrides=(*base, f"run_dir={run}"))
 
-    def record(step: str, mode: str, seconds: float, wall: float | None = None) -> None:
-        times.setdefault((step, mode), []).append(seconds)
+    def record(step: str, mode: str, seconds: float, wall: float | None = None, workers: dict | None = None) -> None:
+        c = cols.setdefault((step, mode), {})
+        c.setdefault("step s", []).append(seconds)
         if wall is not None:
-            startup.setdefault((step, mode), []).append(wall - seconds)
+            c.setdefault("start-up s", []).append(wall - seconds)
+        for k in ("cluster_s", "chunks", "setup_s", "work_s"):
+            if workers:
+                c.setdefault(k.replace("_", " "), []).append(workers[k])
 
     enc = params(tmp / "enc").load()
     tiny_autoencoder(seed=0).save_pretrained(enc.paths.vae_dir)
     ensure_tiny_text_encoder(enc)
-    modes = ["single", "dask-1", "dask-2"]
+    warm = {n: _warm_cluster(n) for n in (1, 2)}
+    modes = ["single", "cold-1", "cold-2", "warm-1", "warm-2"]
     for r in range(a.rounds):
         for mode in modes if r % 2 == 0 else modes[::-1]:  # interleaved: the machine's noise hits every mode
             run = tmp / f"r{r}-{mode}"
             p = params(run)
             cfg = p.load()
             shutil.copytree(enc.paths.encoders_dir, cfg.paths.encoders_dir)
+            kind, _, n = mode.partition("-")
+            on = {"address": warm[int(n)].scheduler_address} if kind == "warm" else {"workers": int(n or 0)}
+            t0 = time.perf_counter()
             if mode == "single":
-                t0 = time.perf_counter()
                 ingest(str(src), cfg.paths.raw_dir, min_duration=cfg.data.min_duration, max_duration=cfg.data.max_duration,
                        min_resolution=16, workers=1, progress=False)
                 record("ingest", mode, time.perf_counter() - t0)
             else:
-                t0 = time.perf_counter()
-                out = run_data_prep(p, workers=int(mode[-1]), steps=("prepare",))
-                record("ingest", mode, out["seconds"]["prepare"], time.perf_counter() - t0)
+                out = run_data_prep(p, **on, steps=("prepare",), chunks_per_worker=a.chunks_per_worker)
+                record("ingest", mode, out["seconds"]["prepare"], time.perf_counter() - t0, out["workers"]["prepare"])
             caption_manifest(cfg.paths.raw_manifest, cfg.paths.manifest, _Captioner(), val_fraction=0.1, progress=False)
+            t0 = time.perf_counter()
             if mode == "single":
-                t0 = time.perf_counter()
                 build_latent_cache(cfg, stage, progress=False)
                 record("cache", mode, time.perf_counter() - t0)
-            else:
-                t0 = time.perf_counter()
-                out = run_data_prep(p, workers=int(mode[-1]), steps=("cache",), cache_stages=[stage],
-                                    shard_size=max(1, a.clips // 8), batch_size=16)
-                record("cache", mode, out["seconds"]["cache"], time.perf_counter() - t0)
+            else:  # the single-process stage's shard and batch sizes, as run_stage_on_dask passes them
+                out = run_data_prep(p, **on, steps=("cache",), cache_stages=[stage], shard_size=SHARD_SIZE, batch_size=16,
+                                    chunks_per_worker=a.chunks_per_worker)
+                record("cache", mode, out["seconds"]["cache"], time.perf_counter() - t0, out["workers"][f"cache@{stage}"])
+    for c in warm.values():
+        c.close()
+    identical = all(_same_outputs(params(tmp / f"r{r}-{mode}").load().paths, params(tmp / f"r{r}-single").load().paths, stage)
+                    for r in range(a.rounds) for mode in modes[1:])
     rows = []
-    for (step, mode), xs in times.items():
-        rows.append({"step": step, "mode": mode, "clips/s": _median([a.clips / x for x in xs]), "step s": _median(xs),
-                     "start-up s": _median(startup[(step, mode)]) if (step, mode) in startup else "-"})
-    table = Table(title=f"Data stages, {a.clips} clips, {a.rounds} interleaved rounds (median, min-max)")
-    for col in rows[0]:
+    for step in ("ingest", "cache"):
+        for mode in modes:
+            c = cols[(step, mode)]
+            row = {"step": step, "mode": mode, "clips/s": _median([a.clips / x for x in c["step s"]])}
+            row.update({k: _median(xs) for k, xs in c.items()})
+            rows.append(row)
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=f"Data stages, {a.clips} clips, {a.rounds} interleaved rounds (median, min-max); "
+                        f"outputs identical to one process: {identical}")
+    for col in keys:
         table.add_column(col, justify="left" if col in ("step", "mode") else "right")
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    Console(width=120).print(table)
+        table.add_row(*(str(row.get(k, "-")) for k in keys))
+    Console(width=200).print(table)
     if not a.no_track:
         from opensora_core import tracking
 
@@ -105,6 +149,8 @@ def main() -> None:
         with tracking.start_run(cfg, run_name="bench-dask-data", tags={"bench": "dask_data"}, log_config=False):
             tracking.log_table("bench_dask_data", rows)
     shutil.rmtree(tmp, ignore_errors=True)
+    if not identical:
+        raise SystemExit("a Dask run's outputs differ from the single-process ones")
 
 
 class _Captioner:

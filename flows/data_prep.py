@@ -1,12 +1,15 @@
-"""The `data-prep` flow: probing + scene splitting, captioning and latent caching mapped as Prefect tasks on Dask.
+"""The `data-prep` flow: probing + scene splitting, captioning and latent caching on a Dask cluster via prefect-dask.
 
-Clips are independent, so each unit of work is one Prefect task and prefect-dask's `DaskTaskRunner` spreads
-them over a Dask cluster: a `distributed.LocalCluster` on this machine by default, or an existing cluster by
-address (`tcp://scheduler:8786`; a dask-kubernetes / dask-jobqueue cluster exposes one too):
+prefect-dask's `DaskTaskRunner` gives the flow a Dask cluster: a `distributed.LocalCluster` on this machine by
+default, or an existing cluster by address (`tcp://scheduler:8786`; a dask-kubernetes / dask-jobqueue cluster
+exposes one too). The two heavy steps are one Prefect task each that cuts its items into a few chunks per worker
+(flows/dask_chunks.py) and submits them as plain Dask futures through `prefect_dask.get_dask_client()`; a Prefect
+task run per small unit cost ~1.8 s of orchestration here, a future costs milliseconds:
 
-    probe-split    one per few source files opensora_core.data.ingest.process_file (probe, hash, scene cuts)
-    caption        one per batch of clips   the configured Captioner (opensora_core.data.caption)
-    encode-shard   one per cache shard      opensora_core.data.cache.encode_shard (VAE + text encoder)
+    probe-split    files, chunked       opensora_core.data.ingest.process_file (probe, hash, scene cuts)
+    caption        one task per batch   the configured Captioner (opensora_core.data.caption)
+    encode-shard   encoding batches,    opensora_core.data.cache.encode_shard (VAE + text encoder); a shard
+                   chunked              split between chunks is joined from its pieces, batch for batch
 
 Only the small, order-dependent assembly runs in the flow itself, with the same code as the single-process
 stages: per-file records go to `ingest_progress.jsonl` and `ingest()` builds manifest.csv/rejects.csv from it;
@@ -28,7 +31,7 @@ import threading
 import time
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from flows.prefect_env import configure_prefect_env
 
@@ -45,13 +48,42 @@ SCENE_THRESHOLD = 30.0  # ingest()'s default: the records in the progress file m
 # ------------------------------------------------------------------------------------------------ tasks
 
 
-@task(name="probe-split", cache_policy=NO_CACHE)
-def probe_split_task(paths: list[str], threshold: float = SCENE_THRESHOLD) -> list[dict]:
-    """Source files -> their ingest records (probe fields, sha256, scene ranges) or reject records."""
-    from opensora_core.data.ingest import process_file, s3_filesystem
+@task(name="dask-chunks", cache_policy=NO_CACHE)
+def run_chunks(fn: Callable[..., dict], n_items: int, chunk_args: Callable[[range], tuple],
+               on_result: Callable[[dict], None], chunks_per_worker: int) -> dict:
+    """fn(*chunk_args(r)) for the chunks r of n_items (flows.dask_chunks.chunk_ranges) as plain Dask futures on the
+    flow's cluster; each result goes to on_result in submission order. Returns the seconds the cluster took to
+    start (the first step of a flow run starts it), the chunk count and the workers' summed seconds of setup
+    (imports, model loads) and of work. Without a Dask runner the chunks run here, one after another."""
+    from contextlib import nullcontext
 
-    fs = s3_filesystem() if any(p.startswith("s3://") for p in paths) else None
-    return [process_file(p, fs, threshold) for p in paths]
+    from distributed import Client
+    from prefect.context import FlowRunContext
+    from prefect_dask import DaskTaskRunner, get_dask_client
+
+    from flows.dask_chunks import chunk_ranges
+
+    runner = FlowRunContext.get().task_runner
+    on_dask = isinstance(runner, DaskTaskRunner)
+    t0 = time.perf_counter()
+    runner_client = runner.client if on_dask else None  # the runner starts (or connects to) its cluster on first use
+    stats = {"cluster_s": time.perf_counter() - t0, "chunks": 0, "setup_s": 0.0, "work_s": 0.0}
+    # get_dask_client() in a task run connects to the scheduler of the current client: the runner's
+    with (Client.as_current(runner_client) if on_dask else nullcontext()), \
+            (get_dask_client() if on_dask else nullcontext()) as client:
+        slots = sum(client.nthreads().values()) if on_dask else 1
+        ranges = chunk_ranges(n_items, slots, chunks_per_worker)
+        if on_dask:
+            futures = [client.submit(fn, *chunk_args(r), pure=False) for r in ranges]
+            results = (f.result() for f in futures)
+        else:
+            results = (fn(*chunk_args(r)) for r in ranges)
+        for res in results:  # in submission order: the same file contents on every run
+            on_result(res)
+            stats["chunks"] += 1
+            stats["setup_s"] += res["seconds"]["setup"]
+            stats["work_s"] += res["seconds"]["work"]
+    return {k: round(v, 3) for k, v in stats.items()}
 
 
 @task(name="caption", cache_policy=NO_CACHE)
@@ -64,34 +96,11 @@ def caption_task(rows: list[dict], captioner: Any) -> list[str]:
     return texts
 
 
-@task(name="encode-shard", cache_policy=NO_CACHE)
-def encode_shard_task(params: Params, stage: str, manifest: str, split: str | None, indices: list[int],
-                      batch_size: int, out_file: str) -> dict:
-    """Encode clips `indices` of one split for `stage` and write them as one safetensors shard."""
-    from safetensors.torch import save_file
-
-    from opensora_core.data.cache import encode_shard
-    from opensora_core.data.dataset import VideoDataset
-
-    cfg = params.load()
-    st = cfg.stage(stage)
-    vae, text_encoder = _load_encoders(params)
-    ds = VideoDataset(manifest, st.num_frames, st.frame_interval, st.image_size, split=split, require_text=True)
-    tensors, texts = encode_shard(ds, indices, vae, text_encoder, batch_size)
-    save_file(tensors, out_file)
-    return {"file": Path(out_file).name, "count": len(texts), "texts": texts, "rows": tensors["index"].tolist()}
-
-
 # Task bodies reach the lock only through these module functions: Dask pickles a task's function by value
 # (with the globals it names), and a lock cannot be pickled; module functions are pickled by reference.
 def _load_captioner(spec: tuple[str, dict]):
     with _LOAD_LOCK:
         return _captioner(spec[0], json.dumps(spec[1], sort_keys=True))
-
-
-def _load_encoders(params: Params):
-    with _LOAD_LOCK:
-        return _encoders(params)
 
 
 @lru_cache(maxsize=4)
@@ -100,18 +109,6 @@ def _captioner(name: str, kwargs_json: str):
     from opensora_core.data.caption import build_captioner
 
     return build_captioner(name, **json.loads(kwargs_json))
-
-
-@lru_cache(maxsize=2)
-def _encoders(params: Params):
-    """The config's VAE and text encoder, loaded once per worker process (shared by its threads: eval, no_grad)."""
-    import torch
-
-    from opensora_core.encoders import build_text_encoder, build_vae
-
-    cfg = params.load()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return build_vae(cfg, device).eval(), build_text_encoder(cfg, device).eval()
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -129,10 +126,12 @@ def _read_jsonl(path: Path, key: str) -> dict[str, dict]:
     return done
 
 
-def prepare_step(cfg, files_per_task: int = 4) -> dict:
-    """Raw manifest at cfg.paths.raw_manifest. Ingest: every file not yet in the progress file is a mapped task."""
+def prepare_step(cfg, chunks_per_worker: int | None = None, stats: dict | None = None) -> dict:
+    """Raw manifest at cfg.paths.raw_manifest. Ingest: the files not yet in the progress file are probed in chunks
+    on the cluster (run_chunks); `stats` (optional) receives the chunk count and the workers' seconds."""
+    from flows.dask_chunks import probe_chunk
     from opensora_core.data.ingest import PROGRESS, list_videos
-    from opensora_core.data.stages import prepare_data
+    from opensora_core.data.stages import prepare_data, scene_split, source_path
 
     n = 0
     if cfg.data.source == "ingest":
@@ -140,17 +139,22 @@ def prepare_step(cfg, files_per_task: int = 4) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         progress_file = out / PROGRESS
         done = _read_jsonl(progress_file, "path")
-        src = cfg.data.src if "://" in cfg.data.src else str(cfg.resolve_path(cfg.data.src))  # as prepare_data lists it
-        todo = [f for f in list_videos(src) if f not in done]
-        # a few files per task: a Prefect task run costs tens of ms of orchestration, a small file's probe less
-        chunks = [todo[i:i + files_per_task] for i in range(0, len(todo), files_per_task)]
-        futures = probe_split_task.map(chunks, unmapped(SCENE_THRESHOLD))
+        todo = [f for f in list_videos(source_path(cfg)) if f not in done]  # as prepare_data lists them
+        split = scene_split(cfg)
         with progress_file.open("a") as f:
-            for fut in futures:  # in submission order: the same file contents on every run
-                for rec in fut.result():
+            def record(result: dict) -> None:
+                nonlocal n
+                for rec in result["records"]:
                     f.write(json.dumps(rec) + "\n")
                     n += 1
-                f.flush()
+                f.flush()  # a crash keeps every finished chunk
+
+            if todo:
+                got = run_chunks.with_options(name="probe-split")(
+                    probe_chunk, len(todo), lambda r: (todo[r.start:r.stop], SCENE_THRESHOLD, split), record,
+                    chunks_per_worker or cfg.data.dask_chunks_per_worker)
+                if stats is not None:
+                    stats.update(got)
     prepare_data(cfg, progress=False)  # ingest(): every file is done, so it only assembles manifest + rejects
     return {"files_processed": n}
 
@@ -191,9 +195,16 @@ class _Done:
         raise RuntimeError(f"{len(rows)} clips missing from the caption checkpoint")
 
 
-def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_size: int = 16) -> dict:
-    """Latent + text cache of `stage` at cfg.paths.cache_dir(stage), one mapped task per shard; same layout,
-    fingerprint and shard contents as build_latent_cache(cfg, stage, shard_size=..., batch_size=...)."""
+def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_size: int = 16,
+               chunks_per_worker: int | None = None, stats: dict | None = None) -> dict:
+    """Latent + text cache of `stage` at cfg.paths.cache_dir(stage), encoded in chunks on the cluster (run_chunks);
+    same layout, fingerprint and shard contents as build_latent_cache(cfg, stage, shard_size=..., batch_size=...).
+
+    The unit of a chunk is one encoding batch as build_latent_cache forms them (batch_size clips from each shard's
+    start), so a shard split between chunks is joined from pieces that hold the very same batches."""
+    import torch
+
+    from flows.dask_chunks import encode_chunk
     from opensora_core.data.cache import INDEX, cache_fingerprint, default_encoder_key, publish_cache
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.data.manifest import read_manifest, reject_records
@@ -213,27 +224,63 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
-    jobs = []
+    batches: list[tuple[str | None, str, list[int]]] = []  # (split, shard file, clip indices), in cache order
     for split in splits:
         n = len(VideoDataset(df, st.num_frames, st.frame_interval, st.image_size, split=split))
         for k, s in enumerate(range(0, n, shard_size)):
-            jobs.append((split, list(range(s, min(s + shard_size, n))), str(tmp / f"{split or 'train'}-{k:05d}.safetensors")))
-    futures = [encode_shard_task.submit(params, stage, str(manifest), split, idx, batch_size, f) for split, idx, f in jobs]
+            e = min(s + shard_size, n)
+            batches += [(split, f"{split or 'train'}-{k:05d}.safetensors", list(range(b, min(b + batch_size, e))))
+                        for b in range(s, e, batch_size)]
+
+    def chunk_args(r: range) -> tuple:
+        pieces: list[tuple[str | None, list[int], str]] = []
+        for split, name, idx in batches[r.start:r.stop]:
+            part = str(tmp / f"{name}.{r.start:06d}.part")  # this chunk's piece of the shard
+            if pieces and pieces[-1][2] == part:
+                pieces[-1][1].extend(idx)
+            else:
+                pieces.append((split, list(idx), part))
+        return params, stage, str(manifest), pieces, batch_size, threads
+
+    threads = torch.get_num_threads()  # what build_latent_cache would encode with in this process
+    parts: dict[str, list[dict]] = {}  # shard file -> its pieces, in order
+
+    def collect(result: dict) -> None:
+        for p in result["pieces"]:
+            parts.setdefault(p["file"].rsplit(".", 2)[0], []).append(p)
+
+    got = run_chunks.with_options(name="encode-shard")(encode_chunk, len(batches), chunk_args, collect,
+                                                        chunks_per_worker or cfg.data.dask_chunks_per_worker)
+    if stats is not None:
+        stats.update(got)
     index: dict[str, Any] = {"fingerprint": fingerprint, "stage": stage, "manifest": str(manifest),
                              "num_frames": st.num_frames, "frame_interval": st.frame_interval,
                              "image_size": st.image_size, "splits": {}, "rejected": reject_records(df.attrs["rejects"])}
-    for split in splits:
-        index["splits"][split or "train"] = {"shards": [], "count": 0, "texts": [], "rows": []}
-    for (split, _, _), fut in zip(jobs, futures):
-        r = fut.result()
-        entry = index["splits"][split or "train"]
-        entry["shards"].append({"file": r["file"], "count": r["count"]})
-        entry["texts"] += r["texts"]
-        entry["rows"] += r["rows"]
-        entry["count"] += r["count"]
+    index["splits"] = _join_shards(tmp, splits, [(split, name) for split, name, _ in batches], parts)
     total = sum(e["count"] for e in index["splits"].values())
     publish_cache(tmp, out, index, total, t0)
     return {"clips_encoded": total}
+
+
+def _join_shards(tmp: Path, splits: list, shard_of_batch: list[tuple[str | None, str]], parts: dict[str, list[dict]]) -> dict:
+    """Each shard's pieces (one per chunk that encoded some of its batches) -> the shard file in tmp, and the
+    index's splits: shard files and counts, texts and manifest rows, in build_latent_cache's order."""
+    from flows.dask_chunks import merge_pieces
+
+    entries = {split or "train": {"shards": [], "count": 0, "texts": [], "rows": []} for split in splits}
+    for split, name in dict.fromkeys(shard_of_batch):
+        pieces, entry = parts[name], entries[split or "train"]
+        files = [tmp / p["file"] for p in pieces]
+        if len(files) == 1:
+            files[0].rename(tmp / name)
+        else:
+            merge_pieces(files, tmp / name)
+        count = sum(p["count"] for p in pieces)
+        entry["shards"].append({"file": name, "count": count})
+        entry["texts"] += [t for p in pieces for t in p["texts"]]
+        entry["rows"] += [i for p in pieces for i in p["rows"]]
+        entry["count"] += count
+    return entries
 
 
 # ------------------------------------------------------------------------------------------------ flow
@@ -242,29 +289,35 @@ def cache_step(cfg, params: Params, stage: str, shard_size: int = 256, batch_siz
 @flow(name="data-prep", log_prints=True)
 def data_prep(params: Params, steps: tuple[str, ...] = ("prepare", "caption", "cache"), cache_stages: list[str] | None = None,
               captioner: Any = None, caption_batch: int = 8, shard_size: int = 64, batch_size: int = 16,
-              files_per_task: int = 4) -> dict:
-    """prepare (probe + split) -> caption -> cache (per stage), each step's items mapped on the task runner.
+              chunks_per_worker: int | None = None) -> dict:
+    """prepare (probe + split) -> caption -> cache (per stage), each step's items spread over the cluster.
 
     cache_stages: stages to cache (default: every stage of the config). captioner: a Captioner object that
-    replaces the configured one (tests, custom models); it must be importable by the workers.
+    replaces the configured one (tests, custom models); it must be importable by the workers. chunks_per_worker:
+    chunks per worker thread of the probe and encode steps (default data.dask_chunks_per_worker).
+    Returns each step's summary, its seconds, and per chunked step the chunk count and the workers' seconds.
     """
     logger = get_run_logger()
     cfg = params.load()
     summary: dict[str, Any] = {}
     timings: dict[str, float] = {}
+    workers: dict[str, dict] = {}
     for step in steps:
         t0 = time.perf_counter()
         if step == "prepare":
-            summary["prepare"] = prepare_step(cfg, files_per_task)
+            summary["prepare"] = prepare_step(cfg, chunks_per_worker, workers.setdefault("prepare", {}))
         elif step == "caption":
             summary["caption"] = caption_step(cfg, captioner, caption_batch)
         elif step == "cache":
-            summary["cache"] = {s: cache_step(cfg, params, s, shard_size, batch_size) for s in cache_stages or cfg.stage_names()}
+            summary["cache"] = {s: cache_step(cfg, params, s, shard_size, batch_size, chunks_per_worker,
+                                              workers.setdefault(f"cache@{s}", {}))
+                                for s in cache_stages or cfg.stage_names()}
         else:
             raise ValueError(f"unknown step {step!r} (prepare | caption | cache)")
         timings[step] = round(time.perf_counter() - t0, 3)
         logger.info("%s: %s in %.1fs", step, summary[step], timings[step])
     summary["seconds"] = timings
+    summary["workers"] = {k: v for k, v in workers.items() if v}
     return summary
 
 

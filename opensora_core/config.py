@@ -111,6 +111,9 @@ class DataConfig(_Strict):
     # prefect-dask: null (single process), "local", "local:N" (N workers here), or a scheduler address
     # (tcp://host:8786). The outputs are the same either way, so it is not part of any stage's fingerprint.
     dask: str | None = None
+    # work items per Dask chunk: items / (worker threads x this); a chunk is one Dask future (ms of overhead), so
+    # a few per worker balance the load without the per-task cost of one Prefect task run per file or shard
+    dask_chunks_per_worker: int = Field(4, ge=1)
 
     @model_validator(mode="after")
     def _source_is_complete(self) -> DataConfig:
