@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opensora_core.train.engine import ensure_process_group
+from opensora_core.train.engine import broadcast_from_rank0, ensure_process_group
 
 log = logging.getLogger("opensora.train")
 
@@ -103,7 +103,7 @@ class ColossalEngine:
                                              max_norm=self.grad_clip, verbose=False,
                                              overlap_communication=env.device.type == "cuda")
         else:
-            # broadcast_buffers=False: as the torch engine (buffers are identical on every rank by construction)
+            # broadcast_buffers=False: as the torch engine (prepare gives every rank rank 0's buffers once)
             self.plugin = TorchDDPPlugin(broadcast_buffers=False)
         self.booster = Booster(plugin=self.plugin)
         self._skipped = False
@@ -120,10 +120,7 @@ class ColossalEngine:
         (seed + dp rank) before building the model; DDP broadcasts rank 0's parameters when it wraps the model,
         LowLevelZero does not (each rank would keep its own initialization), so broadcast here for every plugin."""
         model.to(self.env.device)
-        if dist.get_world_size() > 1:
-            with torch.no_grad():
-                for t in list(model.parameters()) + list(model.buffers()):
-                    dist.broadcast(t.data, src=0)
+        broadcast_from_rank0([*model.parameters(), *model.buffers()])
         return model
 
     @staticmethod

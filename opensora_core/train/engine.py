@@ -88,6 +88,20 @@ def ensure_process_group(device: torch.device) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
 
+def broadcast_from_rank0(tensors) -> None:
+    """Collective (a no-op with one rank): every rank takes rank 0's values of `tensors`, in place.
+
+    The loop seeds each rank differently (seed + dp rank) before building the model, so random
+    initialisations differ per rank: the weights, and buffers drawn at construction such as the null caption
+    `y_embedding`. A checkpoint holds rank 0's; a resumed rank 1 would use those, an uninterrupted one its own.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=0)
+
+
 def step_finished() -> None:
     """A training step finished on this rank (resets the step watchdog of a multi-rank job)."""
     if _watchdog is not None:
@@ -115,13 +129,15 @@ class TorchEngine:
         model.to(self.env.device)
         if not self.env.distributed:
             return model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         import inspect
 
-        # no buffer sync per step: the buffers (position embeddings, null caption) are identical on every rank
-        # by construction, broadcasting them costs a collective for nothing. torch 2.13 calls it
-        # forward_sync_buffers (broadcast_buffers is deprecated there and warns); older torch only knows the latter.
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # DDP broadcasts rank 0's parameters when it wraps the model, but with broadcast_buffers=False not its
+        # buffers: take rank 0's once here (the null caption is random per rank), then no collective per step.
+        # torch 2.13 calls the per-step sync forward_sync_buffers (broadcast_buffers is deprecated there and
+        # warns); older torch only knows broadcast_buffers.
+        broadcast_from_rank0(model.buffers())
         new = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
         return DDP(model, device_ids=[self.env.local_rank] if self.env.device.type == "cuda" else None,
                    **{"forward_sync_buffers" if new else "broadcast_buffers": False})

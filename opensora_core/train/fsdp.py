@@ -31,7 +31,7 @@ import torch.distributed as dist
 from torch import nn
 
 from opensora_core.train import dcp_checkpoint
-from opensora_core.train.engine import TorchEngine, ensure_process_group
+from opensora_core.train.engine import TorchEngine, broadcast_from_rank0, ensure_process_group
 from opensora_core.train.precision import DTYPES
 
 log = logging.getLogger("opensora.train")
@@ -62,10 +62,7 @@ class FsdpEngine(TorchEngine):
         from torch.distributed.fsdp import fully_shard
 
         model.to(self.env.device)
-        if dist.get_world_size() > 1:
-            with torch.no_grad():
-                for t in list(model.parameters()) + list(model.buffers()):
-                    dist.broadcast(t.data, src=0)
+        broadcast_from_rank0([*model.parameters(), *model.buffers()])
         kw = {"mp_policy": self.mixed_precision(), "reshard_after_forward": self.reshard_after_forward}
         blocks = list(getattr(model, "blocks", []))
         for block in blocks:

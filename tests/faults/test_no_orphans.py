@@ -1,6 +1,5 @@
 """No orphans: whatever process of a job is killed, and however, nothing of the job is left running, and the
-rerun resumes to the weights of an uninterrupted run (`reference`; see `assert_same_weights` for why not
-bit for bit yet)."""
+rerun resumes and ends bit-identical to an uninterrupted run (`reference`: same losses, weights and EMA)."""
 
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import pytest
 
 from opensora_core.lifetime import OWNER_ENV
 
-from jobs import STAGE, STAGE_ID, STEPS, Job, assert_resumed_on_the_reference_trajectory, job_overrides, latest_step, opensora, wait_all_gone
+from jobs import STAGE, STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, opensora, wait_all_gone
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +29,7 @@ def _torchrun(job: Job) -> psutil.Process:
     return next(p for p in job.tree() if "torch.distributed.run" in p.cmdline())
 
 
-def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resumed_run_reaches_the_same_weights(tmp_path, reference):
+def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resumed_run_is_bit_identical(tmp_path, reference):
     """One run directory, killed at one point after another: torchrun (SIGKILL), one rank (SIGKILL), the stage
     process (SIGKILL), then resumed to the end."""
     run_dir = tmp_path / "run"
@@ -56,7 +55,7 @@ def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resume
     job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log-final")
     assert job.wait() == 0, job.text()[-3000:]
     assert "resuming" in job.text()
-    assert_resumed_on_the_reference_trajectory(run_dir, reference, steps_seen[-1])
+    assert_resumed_bit_identical(run_dir, reference, steps_seen[-1])
 
 
 def _flow_env(tmp_path) -> dict[str, str]:
@@ -98,7 +97,7 @@ def test_a_killed_flow_takes_its_job_and_temporary_server_down_and_the_next_run_
     assert f"flow run {dead} was still Running but its process is gone: marked Crashed" in rerun.text()
     assert _flow_run_states(tmp_path)[dead] == "CRASHED"
     assert "resuming" in rerun.text()
-    assert_resumed_on_the_reference_trajectory(run_dir, reference, resumed_at)
+    assert_resumed_bit_identical(run_dir, reference, resumed_at)
 
 
 _OWNER = textwrap.dedent("""

@@ -1,11 +1,13 @@
-"""Two gloo processes under torchrun (through the launcher): a SIGKILLed job resumes to identical weights."""
+"""Two gloo processes under torchrun (through the launcher): a job SIGKILLed mid-epoch resumes to identical weights."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 
+import psutil
 import pytest
 import torch
 
@@ -16,7 +18,9 @@ from conftest import STAGE, RandomLatents, tiny_config, tiny_overrides, write_la
 
 pytestmark = pytest.mark.slow
 
-STEPS, EVERY = 48, 4  # 44 steps (~1 s) after the first checkpoint: the kill lands mid-run
+# 16 samples / (2 ranks x 2) = 4 steps an epoch: the checkpoints of steps 6, 18, 30, 42 are mid-epoch; 42 steps
+# (~1 s) after the first one, so the kill lands mid-run
+STEPS, EVERY = 48, 6
 
 
 def _job(run_dir):
@@ -28,11 +32,17 @@ def _job(run_dir):
 
 
 def _kill_after_first_checkpoint(args) -> int:
+    """SIGKILL every process of the job (torchrun starts the ranks in sessions of their own, so not by process
+    group) once the first checkpoint is saved; returns the job's exit status."""
     proc = subprocess.Popen(build_command(args, nproc=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                            text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
-        if "saved checkpoint" in line and "step_0000004" in line:
-            os.killpg(proc.pid, signal.SIGKILL)  # every rank and torchrun itself, no chance to clean up
+        if "saved checkpoint" in line and ckpt.step_dir_name(EVERY) in line:
+            ranks = psutil.Process(proc.pid).children(recursive=True)
+            for p in [proc, *ranks]:  # torchrun (in `proc`) and both ranks, no chance to clean up
+                with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+                    p.kill()
+            psutil.wait_procs(ranks, timeout=60)  # (the job itself is reaped by proc.wait)
             break
     return proc.wait()
 
@@ -47,7 +57,9 @@ def test_killed_job_resumes_to_identical_weights(tmp_path):
     assert _kill_after_first_checkpoint(args) == -signal.SIGKILL
     interrupted_at = ckpt.load_meta(ckpt.read_latest(cfg.paths.ckpt_dir(STAGE))).step
     assert EVERY <= interrupted_at < STEPS
-    assert launch(args, nproc=2, line_callback=lambda _line: None) == 0
+    resumed: list[str] = []
+    assert launch(args, nproc=2, line_callback=resumed.append) == 0
+    assert any(f"resume:{ckpt.step_dir_name(interrupted_at)}" in line for line in resumed), resumed[-5:]
 
     a = ckpt.read_latest(full_cfg.paths.ckpt_dir(STAGE))
     b = ckpt.read_latest(cfg.paths.ckpt_dir(STAGE))

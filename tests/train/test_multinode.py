@@ -36,8 +36,11 @@ class Node:
                  rdzv_timeout_s: int = 120):
         cmd = build_command(args, nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}", node_rank=node_rank,
                             rdzv_timeout_s=rdzv_timeout_s)
+        # one intra-op thread, as the one-node reference's ranks get: torchrun sets OMP_NUM_THREADS=1 only for
+        # --nproc-per-node > 1, and 2 threads round differently (measured: the weights differ after 20 steps)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                                     start_new_session=True)
         self.lines: list[str] = []
         self.stepping = stepping or threading.Event()  # set once rank 0 (on either node) logs step 3
         self._reader = threading.Thread(target=self._read, daemon=True)
