@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -130,8 +131,8 @@ def page(browser):
 # closes it once and MLflow remembers (this key). Set before the page loads, so no step races the panel's opening.
 NO_ASSISTANT = "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true')"
 # the names of the plotly traces that have points, in the chart of the open dialog (the chart view's enlarged card)
-DRAWN_TRACES = """() => [...new Set((document.querySelector('[role=dialog] .js-plotly-plot')?.data || [])
-    .filter(t => (t.y || []).length > 0).map(t => t.name))].sort()"""
+DRAWN_ARE = """want => [...new Set((document.querySelector('[role=dialog] .js-plotly-plot')?.data || [])
+    .filter(t => (t.y || []).length > 0).map(t => t.name))].sort().join() === want.join()"""
 
 
 def search_runs(ui: str, experiment_id: str) -> list[dict]:
@@ -145,29 +146,39 @@ def test_mlflow_ui_shows_the_pipeline_runs_loss_charts_and_an_evaluation_gif(uis
     ui = uis["mlflow"]
     exp = get_json(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=opensora-flow-tiny")["experiment"]
     runs = search_runs(ui, exp["experiment_id"])
-    parent = next(r for r in runs if r["info"]["run_name"].startswith("progressive-training-"))
-    children = [r["info"]["run_name"] for r in runs
-                if any(t["key"] == "mlflow.parentRunId" and t["value"] == parent["info"]["run_id"] for t in r["data"]["tags"])]
+    # the shared fixtures' pipeline run is the first one (other e2e tests may have added more since, and other runs)
+    parents = [r for r in runs if r["info"]["run_name"].startswith("progressive-training-")]
+    parent = min(parents, key=lambda r: r["info"]["start_time"])
+    parent_id, parent_name = parent["info"]["run_id"], parent["info"]["run_name"]
+    child_tag = {"key": "mlflow.parentRunId", "value": parent_id}
+    children = [r["info"]["run_name"] for r in runs if child_tag in r["data"]["tags"]]
     assert set(children) == {"prepare", "caption", "encoders", *(f"cache@{s}" for s in TRAINING), *TRAINING, "evaluate"}
     page.add_init_script(NO_ASSISTANT)
 
     # 1. the experiment, opened as the link we print opens it (tracking.experiment_url), shows the runs table of the
     # model-training view: without workflowType in the URL, MLflow 3.17 opens a new browser on GenAI's overview
-    page.goto(f"{ui}/#/experiments/{exp['experiment_id']}/runs?{WORKFLOW_QUERY}")
-    parent_link = page.get_by_role("link", name=parent["info"]["run_name"], exact=True)
-    expect(parent_link).to_be_visible()
-    expect(page.get_by_text(f"{len(runs)} matching runs")).to_be_visible()  # every run loaded (it counts 0 at first)
+    experiment = f"{ui}/#/experiments/{exp['experiment_id']}/runs?{WORKFLOW_QUERY}"
+    page.goto(experiment)
+    newest = max(parents, key=lambda r: r["info"]["start_time"])["info"]["run_name"]
+    expect(page.get_by_role("link", name=newest, exact=True)).to_be_visible()  # the table, its newest runs on top
     expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
     assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
-    expect(page.get_by_role("link", name="Overview", exact=True)).to_have_count(0)  # GenAI's side bar: Overview, Traces, ...
+    expect(page.get_by_role("link", name="Overview", exact=True)).to_have_count(0)  # GenAI's side bar starts with it
     page.screenshot(path=tmp_path / "mlflow-1-runs-table.png")
 
-    # 2. the parent run, collapsed at first, expands into one run per stage. Its expander is the one button of its
+    # 2. the runs of that pipeline run (a search for those started while its parent ran, through the table's own URL
+    # state): the parent, collapsed at first, expands into one run per stage. Its expander is the one button of its
     # name's cell (an icon without a label); the row is ag-grid's, whose row-id is the run's id
+    start, end = parent["info"]["start_time"], parent["info"]["end_time"]
+    during = f"attributes.start_time >= {start} and attributes.start_time <= {end}"
+    page.goto(f"{experiment}&{urllib.parse.urlencode({'searchFilter': during})}")
+    expect(page.get_by_test_id("search-box")).to_have_value(during)
+    expect(page.get_by_text(f"{1 + len(children)} matching runs")).to_be_visible()  # it counts 0 until they load
+    parent_link = page.get_by_role("link", name=parent_name, exact=True)
     stage_links = [page.get_by_role("link", name=name, exact=True) for name in children]
     for link in stage_links:
         expect(link).to_have_count(0)
-    row = page.locator(f"[role=row][row-id='{parent['info']['run_id']}']").filter(has=parent_link)
+    row = page.locator(f"[role=row][row-id='{parent_id}']").filter(has=parent_link)
     row.get_by_role("gridcell").filter(has=parent_link).get_by_role("button").click()
     for link in stage_links:
         expect(link).to_be_visible()
@@ -183,7 +194,7 @@ def test_mlflow_ui_shows_the_pipeline_runs_loss_charts_and_an_evaluation_gif(uis
     dialog = page.get_by_role("dialog", name="loss")
     for stage in TRAINING:  # the legend lists every visible run; the traces drawn are the runs that logged `loss`
         expect(dialog.get_by_text(f"{stage} (loss)", exact=True)).to_be_visible()
-    page.wait_for_function(f"({DRAWN_TRACES})().join() === {json.dumps(','.join(sorted(TRAINING)))}")
+    page.wait_for_function(DRAWN_ARE, arg=sorted(TRAINING))
     page.screenshot(path=tmp_path / "mlflow-3-loss-chart.png")
     dialog.get_by_role("button", name="Close").click()
 
