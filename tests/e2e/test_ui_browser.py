@@ -82,6 +82,9 @@ def uis(clone, flow_run, tmp_path_factory):
     root, env = clone
     logs = tmp_path_factory.mktemp("ui-servers")
     mlflow_port, prefect_port = free_port(), free_port()
+    # the UI needs no server-side jobs (GenAI scorers, trace archival): without them MLflow 3.17 starts 2 processes, not
+    # ~10 (its job runner and Huey consumers), which a 2-core machine feels at start-up and shut-down
+    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                   "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
     home = root / ".prefect"
@@ -94,7 +97,7 @@ def uis(clone, flow_run, tmp_path_factory):
     # both start at once (each takes a while on 2 cores), then each must answer its health check
     procs = []
     try:
-        procs.append(start(mlflow_cmd, env, logs / "mlflow.log"))
+        procs.append(start(mlflow_cmd, mlflow_env, logs / "mlflow.log"))
         procs.append(start(prefect_cmd, prefect_env, logs / "prefect.log"))
         wait_healthy(procs[0], f"{mlflow_url}/health", logs / "mlflow.log")
         wait_healthy(procs[1], f"{prefect_url}/api/health", logs / "prefect.log")
