@@ -38,10 +38,18 @@ class T5Encoder(nn.Module):
         Raises FileNotFoundError saying what to download and where to put it when the weights are missing.
         """
         from transformers import AutoTokenizer, T5EncoderModel
+        from transformers.utils import logging as hf_logging
 
         def load(path: str):
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = T5EncoderModel.from_pretrained(path, torch_dtype=torch.float32)
+            # transformers 5 draws a "Loading weights" bar per load (four times in the demo's log, as noise)
+            bar = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
+            try:
+                model = T5EncoderModel.from_pretrained(path, torch_dtype=torch.float32)
+            finally:
+                if bar:
+                    hf_logging.enable_progress_bar()
             return model, tokenizer
 
         model, tokenizer = load_pretrained(load, id_or_path, "T5 text encoder", param)
