@@ -135,3 +135,12 @@ def test_this_repository_is_the_project_init_writes():
     """The repo's params.yaml and dvc.yaml are the shipped template: a user's project runs what CI runs."""
     for name in ("params.yaml", "dvc.yaml"):
         assert (REPO / name).read_text() == project.template_text(name), f"{name} differs from opensora_core/resources/template/{name}"
+
+
+def test_dvc_sees_only_this_repositorys_own_pipeline_not_the_templates_copy():
+    """The template's dvc.yaml ships inside the package; in this repository DVC must not take it for a second
+    pipeline (its outputs would always be missing: `dvc status` never clean, `dvc repro` running it)."""
+    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "resources/template" not in out.stdout
+    assert out.stdout.split()[0] == "prepare"
