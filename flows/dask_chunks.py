@@ -18,7 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 
 CHUNKS_PER_WORKER = 4  # data.dask_chunks_per_worker's default
-_LOAD_LOCK = threading.Lock()  # from_pretrained (meta-device init) is not thread-safe: one load at a time
+# from_pretrained (meta-device init) is not thread-safe: one model load at a time per worker process, encoders and
+# captioners alike (flows/data_prep.py takes it too)
+LOAD_LOCK = threading.Lock()
 
 
 def chunk_ranges(n: int, slots: int, chunks_per_slot: int = CHUNKS_PER_WORKER) -> list[range]:
@@ -83,7 +85,7 @@ def encoders(params):
     and again only when their weights change (a long-lived cluster outlives a retrained tiny VAE)."""
     from opensora_core.data.cache import default_encoder_key
 
-    with _LOAD_LOCK:
+    with LOAD_LOCK:
         return _encoders(params, default_encoder_key(params.load()))
 
 

@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import threading
 import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
+from flows.dask_chunks import LOAD_LOCK
 from flows.prefect_env import configure_prefect_env
 
 configure_prefect_env()  # project-local Prefect settings, before prefect is imported
@@ -41,7 +41,6 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from opensora_core.stages import Params
 
-_LOAD_LOCK = threading.Lock()  # from_pretrained (meta-device init) is not thread-safe: one load at a time
 SCENE_THRESHOLD = 30.0  # ingest()'s default: the records in the progress file must not depend on who made them
 
 
@@ -99,7 +98,7 @@ def caption_task(rows: list[dict], captioner: Any) -> list[str]:
 # Task bodies reach the lock only through these module functions: Dask pickles a task's function by value
 # (with the globals it names), and a lock cannot be pickled; module functions are pickled by reference.
 def _load_captioner(spec: tuple[str, dict]):
-    with _LOAD_LOCK:
+    with LOAD_LOCK:
         return _captioner(spec[0], json.dumps(spec[1], sort_keys=True))
 
 
