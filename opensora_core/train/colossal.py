@@ -136,9 +136,11 @@ class ColossalEngine:
                 return HybridAdam(params, lr=lr, weight_decay=weight_decay, eps=1e-8, adamw_mode=True)
             except Exception as e:  # its CUDA kernel is built on first use; a machine without nvcc cannot
                 log.warning("HybridAdam unavailable (%s: %s): using torch AdamW", type(e).__name__, e)
-        # HybridAdam/CPUAdam kernels are CUDA extensions ("No usable kernel found" on CPU); foreach=False as the
-        # torch engine, so both engines run the same update kernel
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=1e-8, foreach=False)
+        # HybridAdam/CPUAdam kernels are CUDA extensions ("No usable kernel found" on CPU); the torch engine's
+        # AdamW, so both engines run the same update kernel
+        from opensora_core.train.engine import adamw
+
+        return adamw(params, lr, weight_decay)
 
     def boost(self, model: nn.Module, optimizer):
         inner = type(optimizer).__name__

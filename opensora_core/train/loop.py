@@ -31,7 +31,7 @@ from opensora_core.train.ema import EMA
 from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
 from opensora_core.train.init import build_stage_model, init_weights, latent_size
 from opensora_core.train.metrics import MetricsLog, Throughput, memory_mb, peak_tflops
-from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, autocast
+from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, all_ranks_any, autocast
 from opensora_core.train.watch import TrainingWatcher
 
 log = logging.getLogger("opensora.train")
@@ -43,7 +43,8 @@ class Terminated(RuntimeError):
 
 class _StopRequest:
     """Signal handler: before the step loop, stop at once; in it, finish the step, checkpoint it, then stop
-    (pre-emption loses nothing). Every rank stops at the same step: they agree through an all-reduce."""
+    (pre-emption loses nothing). Every rank stops at the same step: they agree in the all-reduce that also
+    agrees on the loss being finite (one collective per step besides DDP's), see `_agree`."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -54,15 +55,17 @@ class _StopRequest:
             raise Terminated(f"received {signal.Signals(signum).name}")
         self.signum = signum
 
-    def agreed(self, device) -> bool:
-        import torch.distributed as dist
+    def settle(self, any_rank: bool) -> bool:
+        """Take the ranks' verdict: some rank was asked to stop."""
+        if any_rank and self.signum is None:
+            self.signum = signal.SIGTERM
+        return any_rank
 
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.signum is not None
-        flag = torch.tensor([int(self.signum is not None)], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one int per step; the loss read-back syncs anyway
-        self.signum = self.signum or (signal.SIGTERM if flag.item() else None)
-        return bool(flag.item())
+
+def _agree(loss: torch.Tensor, stop: _StopRequest, device) -> tuple[bool, bool]:
+    """(some rank's loss is NaN/inf, some rank was asked to stop), in one all-reduce."""
+    bad, stopping = all_ranks_any((not math.isfinite(float(loss.detach())), stop.signum is not None), device)
+    return bad, stop.settle(stopping)
 
 
 def seed_everything(seed: int) -> None:
@@ -280,7 +283,8 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 grad_norm = float("nan")
-                if guard.check(loss, step):
+                loss_bad, stop_now = _agree(loss, stop, env.device)
+                if guard.observe(loss_bad, step):
                     ok, grad_norm = engine.backward_step(loss, optimizer, model_ref, scaler, tc.grad_clip, sp_size)
                     if ok:
                         ema.update(model_ref)
@@ -300,7 +304,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
                              "%.3g TFLOP/s MFU %s peak %.0f MiB", step, st.max_steps, row["loss"], row["lr"], grad_norm,
                              scaler.scale_value, scaler.skipped_steps, row["samples_per_s"], row["tokens_per_s"],
                              row["tflops"], f"{row['mfu']:.1%}" if "mfu" in row else "n/a", row["memory_mb"])
-                stopping = step < st.max_steps and stop.agreed(env.device)
+                stopping = step < st.max_steps and stop_now
                 if step % tc.ckpt_every == 0 or step == st.max_steps or stopping:
                     save(step, run_id)
                 if stopping:

@@ -28,13 +28,20 @@ def autocast(dtype: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
-def _all_ranks_any(flag: bool, device: torch.device) -> bool:
-    """True if `flag` is true on any rank (so every rank takes the same branch and DDP stays in lock-step)."""
+def all_ranks_any(flags, device: torch.device) -> tuple[bool, ...]:
+    """For each flag, True if it is true on any rank (so every rank takes the same branch and DDP stays in
+    lock-step). One all-reduce for all of them: on 2 CPU ranks each extra collective per step cost ~7 ms of a
+    ~100 ms step (the faster rank waits for the slower one at every one)."""
+    flags = tuple(bool(f) for f in flags)
     if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return tuple(bool(v > 0) for v in t.tolist())
+
+
+def _all_ranks_any(flag: bool, device: torch.device) -> bool:
+    return all_ranks_any((flag,), device)[0]
 
 
 class LossScaler:
@@ -108,7 +115,10 @@ class NaNGuard:
 
     def check(self, loss: torch.Tensor, step: int) -> bool:
         """True if the loss is finite on every rank; otherwise count it (and raise at `patience`)."""
-        bad = _all_ranks_any(not math.isfinite(float(loss.detach())), loss.device)
+        return self.observe(_all_ranks_any(not math.isfinite(float(loss.detach())), loss.device), step)
+
+    def observe(self, bad: bool, step: int) -> bool:
+        """`check` for a verdict the ranks already agreed on (`bad`: some rank's loss was NaN/inf)."""
         if not bad:
             self.consecutive = 0
             return True
