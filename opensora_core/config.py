@@ -199,6 +199,8 @@ class EvalConfig(_Strict):
     sampling_steps: int = Field(100, gt=0)
     num_prompts: int = Field(8, gt=0)
     seed: int = Field(1234, ge=0, lt=2**32)  # numpy's seed range
+    seeds: int = Field(1, ge=1, description="sampling seeds per prompt (seed, seed+1, ...): each trained model's "
+                       "adherence is scored over prompts x seeds; the untrained step-0 model samples one")
     prompts: str | None = None
     batch_size: int = Field(16, gt=0, description="prompts sampled together (CFG doubles the model batch)")
 

@@ -4,7 +4,8 @@ prompts, seeds and noise; one flat metrics.json for `dvc metrics show` and the s
 Metric names (`<model>.<metric>`, model in step0 | <stage> | final, plus `reference.*` from the real held-out
 clips, which shows what a perfect generator scores):
   color_acc, motion_acc, direction_acc, shape_acc, and their chance levels *_chance (best prompt-blind score)
-  and *_chance_indep (these predictions shuffled across prompts); adherence_n (prompts scored);
+  and *_chance_indep (these predictions shuffled across prompts); adherence_n (samples scored: prompts x
+  eval.seeds, one seed for step0);
   temporal_change (mean |frame_t+1 - frame_t|, [0,1] pixels); fd_randproj (Fréchet distance to the held-out
   clips in a fixed 32-d random projection of 4x16x16 frames: not FVD); heldout_loss and heldout_loss_b0..b3
   (diffusion loss in four timestep buckets, fixed noise and t).
@@ -62,20 +63,23 @@ def _real_clips(cfg: Config, rows: list[dict], stage: str) -> torch.Tensor | Non
 
 
 def score_model(cfg: Config, model, stage: str, rows: list[dict], vae, text_encoder, enc: dict, out_dir: Path,
-                progress: bool = True) -> tuple[dict[str, float], list[dict]]:
-    """Sample, write files and compute every metric of one model at `stage`'s size."""
+                progress: bool = True, seeds: int | None = None) -> tuple[dict[str, float], list[dict]]:
+    """Sample every row with `seeds` seeds (default eval.seeds), write the first seed's files and compute every
+    metric of one model at `stage`'s size."""
     from opensora_core.eval.sample import generate, write_samples
 
     texts = [r["text"] for r in rows]
-    videos = generate(model, vae, text_encoder, texts, cfg_scale=cfg.eval.cfg_scale, steps=cfg.eval.sampling_steps,
-                      seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, progress=progress)
-    write_samples(videos, texts, out_dir)
+    videos = torch.cat([generate(model, vae, text_encoder, texts, cfg_scale=cfg.eval.cfg_scale,
+                                 steps=cfg.eval.sampling_steps, seed=cfg.eval.seed + k, batch_size=cfg.eval.batch_size,
+                                 progress=progress) for k in range(seeds or cfg.eval.seeds)])
+    write_samples(videos[: len(rows)], texts, out_dir)
     return score_videos(cfg, model, stage, rows, videos, vae, enc)
 
 
 def score_videos(cfg: Config, model, stage: str, rows: list[dict], videos: torch.Tensor, vae,
                  enc: dict) -> tuple[dict[str, float], list[dict]]:
-    """Every metric of `videos` `[N, 3, T, H, W]` (one per row of `rows`, sampled from `model`): temporal change;
+    """Every metric of `videos` `[k * N, 3, T, H, W]` (k samples of each of the N `rows`, seed by seed, from
+    `model`): temporal change;
     adherence when the rows carry ground truth; with real held-out clips, the Fréchet distance and `model`'s
     held-out loss per timestep bucket. `enc` is the text encoder's output for the rows. Returns (metrics, per-clip rows)."""
     from opensora_core.diffusion import IDDPM
@@ -84,8 +88,9 @@ def score_videos(cfg: Config, model, stage: str, rows: list[dict], videos: torch
 
     out: dict[str, float] = {"temporal_change": M.temporal_change(videos)}
     table: list[dict] = []
+    copies = len(videos) // len(rows)
     if all("color" in r and "motion" in r for r in rows):
-        summary, table = M.adherence(videos, rows)
+        summary, table = M.adherence(videos, rows * copies)
         out.update(summary)
     real = _real_clips(cfg, rows, stage)
     if real is not None:
@@ -152,7 +157,9 @@ def evaluate(cfg: Config, stages: list[str] | None = None, include_step0: bool =
     for name, stage in plan:
         log.info("evaluate: %s at %s size", name, stage)
         model = step0_model(cfg, stage) if name == "step0" else stage_model(cfg, stage)
-        scores, tables[name] = score_model(cfg, model, stage, rows, vae, text_encoder, enc, samples_root / name, progress)
+        # the untrained model scores chance: one seed is enough to show it
+        scores, tables[name] = score_model(cfg, model, stage, rows, vae, text_encoder, enc, samples_root / name, progress,
+                                           seeds=1 if name == "step0" else None)
         metrics.update({f"{name}.{k}": float(v) for k, v in scores.items()})
         if name == final:
             metrics.update({f"final.{k}": float(v) for k, v in scores.items()})

@@ -66,6 +66,7 @@ def heldout_rows(cfg: Config, n: int | None = None) -> list[dict[str, Any]]:
         df = read_manifest(cfg.paths.manifest)
         if "split" in df.columns:
             df = df[df["split"] == "val"]
+        df = df.drop_duplicates("text")  # distinct prompts (two clips of one caption would count one prompt twice)
         if len(df):
             return [{k: v for k, v in r.items() if not (isinstance(v, float) and np.isnan(v))}
                     for r in _interleave(df, n).drop(columns=["_single"], errors="ignore").to_dict("records")]

@@ -98,3 +98,33 @@ def test_heldout_loss_is_identical_for_two_calls_and_differs_between_models(tiny
     assert a == pytest.approx(b, rel=1e-5)
     assert a["heldout_loss"] != c["heldout_loss"]
     assert set(a) == {"heldout_loss", "heldout_loss_b0", "heldout_loss_b1", "heldout_loss_b2", "heldout_loss_b3"}
+
+
+def test_held_out_prompts_are_distinct_captions(tiny_run, tmp_path):
+    """Two held-out clips of one caption are one prompt (a clip of the synthetic preset is a function of its caption)."""
+    import pandas as pd
+
+    from opensora_core.data.manifest import read_manifest, write_manifest
+    from opensora_core.eval.prompts import heldout_rows
+
+    df = read_manifest(tiny_run.paths.manifest)
+    val = df[df["split"] == "val"]
+    cfg = tiny_run.model_copy(update={"run_dir": str(tmp_path)})
+    cfg.paths.manifest.parent.mkdir(parents=True)
+    write_manifest(pd.concat([df, val.head(2)]), cfg.paths.manifest)
+    rows = heldout_rows(cfg, n=100)
+    assert len(rows) == val["text"].nunique() == len({r["text"] for r in rows})
+
+
+@pytest.mark.slow
+def test_eval_seeds_score_every_prompt_once_per_seed_and_step0_once(tiny_run, tiny_stack, monkeypatch):
+    monkeypatch.delenv("OPENSORA_PARENT_RUN_ID", raising=False)
+    from opensora_core.eval.evaluation import evaluate
+
+    cfg = tiny_run.model_copy(update={"eval": tiny_run.eval.model_copy(update={"seeds": 2})})
+    _, vae, text = tiny_stack
+    metrics = evaluate(cfg, stages=["pretrain_256"], track=False, progress=False, vae=vae, text_encoder=text)
+    prompts = metrics["step0.adherence_n"]
+    assert prompts > 0 and metrics["pretrain_256.adherence_n"] == 2 * prompts
+    # the files a person looks at: one per prompt (the first seed's)
+    assert len(list((cfg.paths.eval_dir / "samples" / "pretrain_256").glob("*.mp4"))) == prompts
