@@ -68,3 +68,35 @@ def test_colossalai_engine_without_colossalai_fails_naming_the_install_route(tmp
     cfg = tiny_config(tmp_path, **{"train.engine": "colossalai", f"stages.{STAGE}.max_steps": 1})
     with pytest.raises(RuntimeError, match="make test-colossal"):
         train_stage(cfg, STAGE, track=False, dataset=RandomLatents(4))
+
+
+def _agree_worker(rank: int, port: int, out):
+    import torch.distributed as dist
+
+    from opensora_core.train.precision import all_ranks_any
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # rank 0's loss is fine but it was asked to stop; rank 1's loss is NaN: both ranks see both
+        out.put((rank, all_ranks_any((rank == 1, rank == 0, False), torch.device("cpu"))))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_ranks_agree_on_every_flag_of_one_all_reduce():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_agree_worker, args=(r, port, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert results == {0: (True, True, False), 1: (True, True, False)}
