@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import torch
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -30,8 +28,8 @@ def main() -> None:
     from opensora_core.config import load_config
     from opensora_core.encoders import build_text_encoder, build_vae
     from opensora_core.eval import metrics as M
+    from opensora_core.eval.evaluation import sample_seeds
     from opensora_core.eval.prompts import heldout_rows
-    from opensora_core.eval.sample import generate
     from opensora_core.train.checkpoint import load_ema_weights
     from opensora_core.train.init import build_stage_model, load_carried_weights
 
@@ -46,9 +44,7 @@ def main() -> None:
         cfg = load_config(overrides=[f"stages.{args.at}.time_scale={ts}"])
         model = build_stage_model(cfg, args.at)
         load_carried_weights(model, weights)
-        videos = torch.cat([generate(model.eval(), vae, text, texts, cfg_scale=cfg.eval.cfg_scale,
-                                     steps=cfg.eval.sampling_steps, seed=cfg.eval.seed + k,
-                                     batch_size=cfg.eval.batch_size, progress=False) for k in range(cfg.eval.seeds)])
+        videos = sample_seeds(cfg, model.eval(), vae, text, texts, progress=False)
         s, _ = M.adherence(videos, rows * cfg.eval.seeds)
         print(f"| {args.source} | {args.at} | {ts:g} | {s['color_acc']:.3f} | {s['direction_acc']:.3f} | {s['adherence_n']:.0f} |",
               flush=True)

@@ -62,16 +62,25 @@ def _real_clips(cfg: Config, rows: list[dict], stage: str) -> torch.Tensor | Non
     return torch.stack([read_clip(r["path"], st.num_frames, st.frame_interval, st.image_size, r.get("start")) for r in paths])
 
 
+def sample_seeds(cfg: Config, model, vae, text_encoder, texts: list[str], seeds: int | None = None,
+                 progress: bool = True) -> torch.Tensor:
+    """Videos `[k * N, 3, T, H, W]` of the N `texts` sampled with the evaluate stage's sampler, seed by seed:
+    eval.seed, eval.seed + 1, ... (k = `seeds`, default eval.seeds)."""
+    from opensora_core.eval.sample import generate
+
+    return torch.cat([generate(model, vae, text_encoder, texts, cfg_scale=cfg.eval.cfg_scale,
+                               steps=cfg.eval.sampling_steps, seed=cfg.eval.seed + k, batch_size=cfg.eval.batch_size,
+                               progress=progress) for k in range(seeds or cfg.eval.seeds)])
+
+
 def score_model(cfg: Config, model, stage: str, rows: list[dict], vae, text_encoder, enc: dict, out_dir: Path,
                 progress: bool = True, seeds: int | None = None) -> tuple[dict[str, float], list[dict]]:
     """Sample every row with `seeds` seeds (default eval.seeds), write the first seed's files and compute every
     metric of one model at `stage`'s size."""
-    from opensora_core.eval.sample import generate, write_samples
+    from opensora_core.eval.sample import write_samples
 
     texts = [r["text"] for r in rows]
-    videos = torch.cat([generate(model, vae, text_encoder, texts, cfg_scale=cfg.eval.cfg_scale,
-                                 steps=cfg.eval.sampling_steps, seed=cfg.eval.seed + k, batch_size=cfg.eval.batch_size,
-                                 progress=progress) for k in range(seeds or cfg.eval.seeds)])
+    videos = sample_seeds(cfg, model, vae, text_encoder, texts, seeds, progress)
     write_samples(videos[: len(rows)], texts, out_dir)
     return score_videos(cfg, model, stage, rows, videos, vae, enc)
 
