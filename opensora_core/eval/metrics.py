@@ -177,7 +177,7 @@ def adherence(videos: Iterable[Any], truths: Iterable[dict[str, Any]]) -> tuple[
     """Prompt adherence of clips against their ground truth (manifest rows with color/shape/motion/num_objects).
 
     Returns (summary, rows): summary has `{attr}_acc`, `{attr}_chance` (majority), `{attr}_chance_indep` for
-    attr in color/motion/shape, `direction_acc` (motion accuracy over left/right/up/down prompts) and
+    attr in color/motion/shape, `direction_acc`, `axis_acc`, `sign_acc` (`direction_scores`) and
     `adherence_n`; rows are per-clip predictions next to the truth. Multi-object prompts are skipped.
     """
     rows = []
@@ -196,10 +196,29 @@ def adherence(videos: Iterable[Any], truths: Iterable[dict[str, Any]]) -> tuple[
         summary[f"{attr}_acc"] = float(np.mean([a == b for a, b in zip(t, p)])) if rows else float("nan")
         ch = chance_levels(t, p)
         summary[f"{attr}_chance"], summary[f"{attr}_chance_indep"] = ch["majority"], ch["indep"]
-    directional = [r for r in rows if r["true_motion"] in ("left", "right", "up", "down")]
-    summary["direction_acc"] = (float(np.mean([r["true_motion"] == r["pred_motion"] for r in directional]))
-                                if directional else float("nan"))
+    summary.update(direction_scores(rows))
     return summary, rows
+
+
+AXIS = {"left": "horizontal", "right": "horizontal", "up": "vertical", "down": "vertical"}
+
+
+def direction_scores(rows: Sequence[dict]) -> dict[str, float]:
+    """Translation prompts (left/right/up/down) scored three ways, from `adherence`'s rows:
+
+    `direction_acc` the right direction; `axis_acc` a translation along the right axis (horizontal/vertical,
+    either sign); `sign_acc` the right sign among the samples on the right axis (chance 0.5). direction_acc =
+    axis_acc x sign_acc, and the split tells "does not move where the caption says" (axis) from "moves along
+    the right line, either way" (sign: the caption's direction word against the frame order).
+    """
+    directional = [r for r in rows if r["true_motion"] in AXIS]
+    on_axis = [r for r in directional if AXIS.get(r["pred_motion"]) == AXIS[r["true_motion"]]]
+    nan = float("nan")
+    return {
+        "direction_acc": float(np.mean([r["true_motion"] == r["pred_motion"] for r in directional])) if directional else nan,
+        "axis_acc": len(on_axis) / len(directional) if directional else nan,
+        "sign_acc": float(np.mean([r["true_motion"] == r["pred_motion"] for r in on_axis])) if on_axis else nan,
+    }
 
 
 def temporal_change(videos: Iterable[Any]) -> float:

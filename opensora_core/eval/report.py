@@ -15,8 +15,8 @@ from opensora_core.config import Config
 
 log = logging.getLogger(__name__)
 CURVE_METRICS = ("loss", "grad_norm", "lr", "loss_scale")
-KEY_METRICS = ("color_acc", "color_chance", "motion_acc", "motion_chance", "direction_acc", "shape_acc",
-               "heldout_loss", "temporal_change", "fd_randproj")
+KEY_METRICS = ("color_acc", "color_chance", "motion_acc", "motion_chance", "direction_acc", "axis_acc",
+               "sign_acc", "shape_acc", "heldout_loss", "temporal_change", "fd_randproj")
 
 
 def _label(run) -> str:

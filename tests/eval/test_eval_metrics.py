@@ -95,3 +95,23 @@ def test_frechet_distance_is_small_between_real_sets_and_large_to_noise(heldout_
     real = M.frechet_random_projection(a, b)
     assert abs(same) < 1e-6
     assert real * 3 < M.frechet_random_projection(a, noise)
+
+
+def test_clips_played_backwards_keep_the_axis_and_lose_the_sign(heldout_clips):
+    """A generator that moves objects along the caption's line but the wrong way (what the tiny demo's models do)
+    scores the axis, not the sign; direction_acc is their product."""
+    videos, truths = heldout_clips
+    forward, _ = M.adherence([v[::2] for v in videos], truths)
+    backward, _ = M.adherence([v[::-2] for v in videos], truths)
+    assert forward["axis_acc"] >= 0.97 and forward["sign_acc"] >= 0.97
+    assert backward["axis_acc"] >= 0.97 and backward["sign_acc"] <= 0.03 and backward["direction_acc"] <= 0.03
+    for s in (forward, backward):
+        assert abs(s["direction_acc"] - s["axis_acc"] * s["sign_acc"]) < 1e-9
+
+
+def test_direction_scores_count_only_translation_prompts():
+    rows = [{"true_motion": t, "pred_motion": p} for t, p in
+            [("left", "left"), ("left", "right"), ("up", "left"), ("down", "static"), ("rotate", "rotate")]]
+    s = M.direction_scores(rows)
+    assert s["direction_acc"] == 0.25 and s["axis_acc"] == 0.5 and s["sign_acc"] == 0.5
+    assert np.isnan(M.direction_scores(rows[2:4])["sign_acc"])  # nothing on the right axis: no sign to score
