@@ -4,8 +4,8 @@ prompts, seeds and noise; one flat metrics.json for `dvc metrics show` and the s
 Metric names (`<model>.<metric>`, model in step0 | <stage> | final, plus `reference.*` from the real held-out
 clips, which shows what a perfect generator scores):
   color_acc, motion_acc, direction_acc (= axis_acc x sign_acc: metrics.direction_scores), shape_acc, their
-  chance levels *_chance (best prompt-blind score) and *_chance_indep (these predictions shuffled across prompts); adherence_n (samples scored: prompts x
-  eval.seeds, one seed for step0);
+  chance levels *_chance (best prompt-blind score) and *_chance_indep (these predictions shuffled across
+  prompts); adherence_n (samples scored: prompts x eval.seeds, one seed for step0);
   temporal_change (mean |frame_t+1 - frame_t|, [0,1] pixels); fd_randproj (Fréchet distance to the held-out
   clips in a fixed 32-d random projection of 4x16x16 frames: not FVD); heldout_loss and heldout_loss_b0..b3
   (diffusion loss in four timestep buckets, fixed noise and t).

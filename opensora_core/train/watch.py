@@ -2,9 +2,9 @@
 held-out prompts with the EMA weights and logs what the evaluate stage would score, as step metrics.
 
 Per pass (also at step 0 of a fresh job, the chart's first point, and at the stage's last step):
-  - MLflow step metrics `watch/<metric>`: color_acc, motion_acc, direction_acc (= axis_acc x sign_acc), shape_acc, adherence_n (prompts
-    with synthetic ground truth), temporal_change, and with real held-out clips (the manifest's val split)
-    fd_randproj and heldout_loss, heldout_loss_b0..b3 (diffusion loss per timestep bucket, b0 least noisy);
+  - MLflow step metrics `watch/<metric>`: color_acc, motion_acc, direction_acc (= axis_acc x sign_acc),
+    shape_acc, adherence_n (prompts with synthetic ground truth), temporal_change, and with real held-out clips
+    (the manifest's val split) fd_randproj and heldout_loss, heldout_loss_b0..b3 (diffusion loss per timestep bucket, b0 least noisy);
     `watch/seconds`, the pass's wall time (its cost);
   - an animated gif of the K samples, `watch/step_XXXXXXX.gif`, as an MLflow artifact and beside the checkpoints;
   - a row of `watch_log.csv` / `.jsonl` beside the checkpoints (train_log.csv keeps its columns).
@@ -42,8 +42,7 @@ from opensora_core.train.metrics import MetricsLog
 log = logging.getLogger("opensora.train")
 
 WATCH_COLUMNS = ("step", "seconds", "color_acc", "motion_acc", "direction_acc", "axis_acc", "sign_acc", "shape_acc",
-                 "adherence_n",
-                 "temporal_change", "fd_randproj", "heldout_loss", "heldout_loss_b0", "heldout_loss_b1",
+                 "adherence_n", "temporal_change", "fd_randproj", "heldout_loss", "heldout_loss_b0", "heldout_loss_b1",
                  "heldout_loss_b2", "heldout_loss_b3")
 PREFIX = "watch/"
 COLLECTIVE_TIMEOUT_S = 600  # dist.init_process_group's timeout in train/engine.py
