@@ -82,6 +82,7 @@ class SyntheticVocabConfig(_Strict):
     backgrounds: list[str] | None = None
     two_object_fraction: float | None = Field(None, ge=0, le=1)
     lane_jitter: float | None = Field(None, ge=0, le=0.3)
+    start: Literal["edge", "centre"] | None = None
 
     @model_validator(mode="after")
     def _known_names(self) -> SyntheticVocabConfig:
@@ -161,6 +162,8 @@ class TrainConfig(_Strict):
     # "min_snr": Min-SNR-gamma, weight min(SNR, gamma) / SNR (opensora_core.diffusion.GaussianDiffusion.mse_weight)
     loss_weighting: Literal["eps", "v", "min_snr"] = "eps"
     min_snr_gamma: float = Field(5.0, gt=0)
+    # the cap on the "v" weight 1 + 1/SNR (the noisiest steps would otherwise weigh up to 25000x the clean ones)
+    max_loss_weight: float = Field(1000.0, ge=1)
     processes: int = Field(1, gt=0)
     # Watching training (opensora_core.train.watch): every `sample_every` steps (0 = never) rank 0 samples
     # `sample_prompts` fixed held-out prompts with the EMA weights and logs a gif grid and adherence metrics.

@@ -46,6 +46,7 @@ BACKGROUNDS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
 }
 SIZES: dict[str, float] = {"small": 0.17, "large": 0.25}  # object radius as a fraction of the frame side
 FPS = 8
+TRANSLATION_STARTS = ("edge", "centre")
 TWO_OBJECT_FRACTION = 0.25
 LANE_JITTER = 0.2        # one-object clips: centre in 0.3..0.7 (the moving axis follows its trajectory)
 
@@ -73,6 +74,10 @@ class Vocabulary:
     # A one-object clip's centre is drawn from 0.5 +- lane_jitter on each axis; a translation overrides the axis it
     # moves along, so this is how far its lane sits off the centre line. 0 makes a clip a function of its caption.
     lane_jitter: float = LANE_JITTER
+    # Where a one-object translation starts: "edge" (0.2 or 0.8 of the side, crossing to the other one) or "centre"
+    # (0.5, moving out to 0.15 or 0.85). From the centre, which half of the frame the object moves into is the
+    # caption's direction; from an edge, where it is depends on the direction and the frame index together.
+    start: str = "edge"
 
     def __post_init__(self) -> None:
         for name, chosen, known in (("colors", self.colors, COLORS), ("motions", self.motions, MOTIONS),
@@ -84,6 +89,8 @@ class Vocabulary:
             raise ValueError(f"two_object_fraction must be in [0, 1], got {self.two_object_fraction}")
         if not 0.0 <= self.lane_jitter <= 0.3:
             raise ValueError(f"lane_jitter must be in [0, 0.3] (the object stays inside the frame), got {self.lane_jitter}")
+        if self.start not in TRANSLATION_STARTS:
+            raise ValueError(f"start must be one of {list(TRANSLATION_STARTS)}, got {self.start!r}")
         if self.two_object_fraction and (len(self.colors) < 2 or not {"left", "right", "up", "down"} <= set(self.motions)):
             raise ValueError("two-object clips need at least two colours and all four directions among the motions")
 
@@ -112,6 +119,7 @@ class ObjectSpec:
     motion: str
     x: float  # centre across the clip's middle line, as a fraction of the side (the moving axis ignores it)
     y: float
+    start: str = "edge"  # a translation's start (Vocabulary.start)
 
 
 @dataclass(frozen=True)
@@ -140,7 +148,8 @@ def sample_clip_spec(seed: int, index: int, vocab: Vocabulary = FULL_VOCABULARY)
         motion = str(rng.choice(vocab.motions, p=vocab.motion_weights))
         shape = str(rng.choice(SHAPES if motion != "rotate" else ("square", "triangle")))  # a rotating circle is invisible
         size = str(rng.choice(list(SIZES)))
-        objects.append(ObjectSpec(str(colors[0]), shape, size, motion, *(float(c) for c in rng.uniform(0.5 - j, 0.5 + j, 2))))
+        x, y = (float(c) for c in rng.uniform(0.5 - j, 0.5 + j, 2))
+        objects.append(ObjectSpec(str(colors[0]), shape, size, motion, x, y, vocab.start))
     else:
         # a pair translates along one axis in two separate lanes (small objects), so they never hide each other
         horizontal = rng.random() < 0.5
@@ -160,15 +169,16 @@ def _trajectory(obj: ObjectSpec, t: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     cy = np.full_like(t, obj.y)
     r = np.full_like(t, r0)
     angle = np.zeros_like(t)
-    travel = 0.8 - 0.2  # across 60% of the frame, so short strided clips still show motion
+    # across 60% of the frame from an edge, 35% from the centre, so short strided clips still show motion
+    first, travel = (0.5, 0.35) if obj.start == "centre" else (0.2, 0.6)
     if obj.motion == "left":
-        cx = 0.8 - travel * t
+        cx = (1.0 - first) - travel * t
     elif obj.motion == "right":
-        cx = 0.2 + travel * t
+        cx = first + travel * t
     elif obj.motion == "up":  # image y grows downwards
-        cy = 0.8 - travel * t
+        cy = (1.0 - first) - travel * t
     elif obj.motion == "down":
-        cy = 0.2 + travel * t
+        cy = first + travel * t
     elif obj.motion == "zoom_in":
         cx, cy, r = np.full_like(t, 0.5), np.full_like(t, 0.5), 0.12 + 0.24 * t
     elif obj.motion == "zoom_out":

@@ -24,7 +24,7 @@ class IDDPM(GaussianDiffusion):
                  noise_schedule: str = "linear", use_kl: bool = False, sigma_small: bool = False,
                  predict_xstart: bool = False, learn_sigma: bool = True, rescale_learned_sigmas: bool = False,
                  diffusion_steps: int = 1000, cfg_scale: float = 4.0, mse_weighting: str = "eps",
-                 min_snr_gamma: float = 5.0):
+                 min_snr_gamma: float = 5.0, max_mse_weight: float = 1000.0):
         if num_sampling_steps is not None:
             if timestep_respacing:
                 raise ValueError("give num_sampling_steps or timestep_respacing, not both")
@@ -37,7 +37,7 @@ class IDDPM(GaussianDiffusion):
         var_type = "learned_range" if learn_sigma else ("fixed_small" if sigma_small else "fixed_large")
         super().__init__(respaced_betas(base_betas, kept), mean_type="start_x" if predict_xstart else "epsilon",
                          var_type=var_type, loss_type=loss_type, timestep_map=kept, mse_weighting=mse_weighting,
-                         min_snr_gamma=min_snr_gamma)
+                         min_snr_gamma=min_snr_gamma, max_mse_weight=max_mse_weight)
         self.diffusion_steps = diffusion_steps
         self.base_alphas_cumprod = torch.cumprod(1.0 - base_betas, dim=0)
         self.cfg_scale = cfg_scale

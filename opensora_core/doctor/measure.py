@@ -55,10 +55,9 @@ def _cpu_peak_during(fn) -> int:
 
 def measure_step_peak(cfg: Config, stage: str, device: str = "cpu") -> int:
     """Peak bytes of one training step of `stage` (random latents and captions of the stage's shapes)."""
-    from opensora_core.diffusion import IDDPM
     from opensora_core.train.ema import EMA
     from opensora_core.train.engine import DistEnv, TorchEngine
-    from opensora_core.train.init import build_stage_model, latent_size
+    from opensora_core.train.init import build_stage_model, latent_size, training_diffusion
     from opensora_core.train.precision import LossScaler, autocast
 
     torch.manual_seed(0)
@@ -70,7 +69,7 @@ def measure_step_peak(cfg: Config, stage: str, device: str = "cpu") -> int:
     ema = EMA(model, tc.ema_decay)
     optimizer = engine.make_optimizer(model, cfg.train.lr)
     scaler = LossScaler(tc.dtype == "fp16", tc.initial_loss_scale)
-    diffusion = IDDPM(timestep_respacing="", mse_weighting=tc.loss_weighting, min_snr_gamma=tc.min_snr_gamma)
+    diffusion = training_diffusion(cfg)
     b, n = st.batch_size, cfg.text_encoder.model_max_length
     x = torch.randn(b, cfg.vae.latent_channels, *latent_size(cfg, stage), device=dev)
     y = torch.randn(b, 1, n, cfg.text_encoder.hidden_size, device=dev)

@@ -33,6 +33,15 @@ def latent_size(cfg: Config, stage: str) -> tuple[int, int, int]:
     return (st.num_frames, side, side)
 
 
+def training_diffusion(cfg: Config):
+    """The diffusion process a training step draws timesteps and losses from (IDDPM with train.loss_weighting)."""
+    from opensora_core.diffusion import IDDPM
+
+    tc = cfg.train
+    return IDDPM(timestep_respacing="", mse_weighting=tc.loss_weighting, min_snr_gamma=tc.min_snr_gamma,
+                 max_mse_weight=tc.max_loss_weight)
+
+
 def build_stage_model(cfg: Config, stage: str) -> nn.Module:
     """STDiT (or any registry model) for `stage`, freshly initialised (weights are loaded by `init_weights`)."""
     from opensora_core.models import build_model

@@ -29,7 +29,7 @@ from opensora_core.train import dcp_checkpoint
 from opensora_core.train.data import build_train_data
 from opensora_core.train.ema import EMA
 from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
-from opensora_core.train.init import build_stage_model, init_weights, latent_size
+from opensora_core.train.init import build_stage_model, init_weights, latent_size, training_diffusion
 from opensora_core.train.metrics import MetricsLog, Throughput, memory_mb, peak_tflops
 from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, all_ranks_any, autocast
 from opensora_core.train.watch import TrainingWatcher
@@ -210,9 +210,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
     scaler = LossScaler(tc.dtype == "fp16" and not engine.owns_precision, tc.initial_loss_scale)
     guard = NaNGuard(tc.nan_patience)
 
-    from opensora_core.diffusion import IDDPM
-
-    diffusion = IDDPM(timestep_respacing="", mse_weighting=tc.loss_weighting, min_snr_gamma=tc.min_snr_gamma)
+    diffusion = training_diffusion(cfg)
     data = build_train_data(cfg, stage, env.rank, dp_size, dp_rank, env.device, dataset)
 
     step, epoch, batches_in_epoch = 0, 0, 0

@@ -130,6 +130,28 @@ def test_lane_jitter_zero_puts_every_translation_on_the_centre_line():
         Vocabulary(lane_jitter=0.4)
 
 
+def test_from_the_centre_a_translation_moves_into_the_half_its_caption_names():
+    from opensora_core.eval.metrics import analyze_clip
+
+    vocab = Vocabulary(motions=("left", "right", "up", "down"), two_object_fraction=0.0, lane_jitter=0.0,
+                       start="centre")
+    specs = [sample_clip_spec(5, i, vocab) for i in range(24)]
+    assert {s.objects[0].motion for s in specs} == {"left", "right", "up", "down"}
+    side = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}  # (axis: 0 = x, sign)
+    for spec in specs:
+        frames = render_clip(spec, 16, 64)
+        truth = analyze_clip(frames)
+        axis, sign = side[spec.objects[0].motion]
+        first, last = np.asarray(truth["centroids"][0]), np.asarray(truth["centroids"][-1])
+        assert abs(first - 0.5).max() < 0.03                       # every clip starts at the centre
+        assert sign * (last[axis] - 0.5) > 0.3                     # and ends in the caption's half
+        assert truth["motion"] == spec.objects[0].motion           # the evaluate stage reads the direction
+    edge = sample_clip_spec(5, 0, Vocabulary(two_object_fraction=0.0, lane_jitter=0.0, motions=("right",)))
+    assert analyze_clip(render_clip(edge, 16, 64))["centroids"][0][0] < 0.25  # the default still starts at an edge
+    with pytest.raises(ConfigError, match=r"data\.synthetic\.start"):
+        load_config(overrides=["data.synthetic.start=middle"])
+
+
 def test_unknown_vocabulary_names_are_rejected_by_the_config_naming_the_field():
     with pytest.raises(ConfigError, match=r"data\.synthetic.*colors.*pink"):
         load_config(overrides=["data.synthetic.colors=[red,pink]"])

@@ -41,6 +41,21 @@ def test_v_weighting_is_capped_at_the_highest_noise_levels():
         IDDPM(timestep_respacing="", mse_weighting="snr")
 
 
+def test_the_v_weight_cap_is_train_max_loss_weight():
+    from opensora_core.config import ConfigError, load_config
+    from opensora_core.train.init import training_diffusion
+
+    d = training_diffusion(load_config(overrides=["train.loss_weighting=v", "train.max_loss_weight=20"]))
+    ab = d.alphas_cumprod.double()
+    w = d.mse_weight(torch.arange(1000))
+    below = 1.0 / ab < 20
+    assert below.any() and (~below).any()
+    torch.testing.assert_close(w[below], (1.0 / ab)[below])  # 1 + 1/SNR up to the cap
+    assert (w[~below] == 20).all()
+    with pytest.raises(ConfigError, match=r"train\.max_loss_weight"):
+        load_config(overrides=["train.max_loss_weight=0.5"])
+
+
 def test_min_snr_weighting_keeps_noisy_steps_and_scales_clean_ones_down_to_gamma_over_snr():
     d = IDDPM(timestep_respacing="", mse_weighting="min_snr", min_snr_gamma=1.0)
     ab = d.alphas_cumprod.double()
