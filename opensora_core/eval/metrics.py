@@ -33,7 +33,7 @@ from opensora_core.data.synthetic import COLORS, MOTIONS, SHAPES
 SAT_MIN = 0.4
 VAL_MIN = 0.3
 MIN_AREA = 0.002          # fraction of the frame below which a frame has no object
-TRAVEL = 0.6              # synthetic translation: centre travels 0.2 -> 0.8 of the side
+TRAVEL = 0.6              # synthetic translation from an edge: 0.2 -> 0.8 of the side (0.35 from the centre)
 ZOOM_LOG = math.log(3.0)  # synthetic zoom: radius 0.12 -> 0.36
 STILL = 0.1               # normalised motion score under which the object is considered still
 ROTATE_CHANGE = 0.08      # 1 - IoU of centred silhouettes above which a still object is rotating
