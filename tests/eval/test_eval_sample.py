@@ -86,3 +86,23 @@ def test_synthetic_captions_parse_back_to_their_ground_truth():
 
     assert all(parse_synthetic_caption(p) for p in read_prompts(resource("assets", "prompts", "tiny_heldout.txt")))
     assert parse_synthetic_caption("A serene night scene in a forested area.") is None
+
+
+def test_a_gif_keeps_the_clips_colours_frame_by_frame(tmp_path):
+    """One palette for the clip, picked at the native size, then a nearest-neighbour upscale: every frame of the
+    gif shows the frame it was given (within a grey level on average), at >= 128 px."""
+    from PIL import Image
+
+    from opensora_core.eval.sample import write_gif
+
+    rng = np.random.default_rng(0)
+    frames = np.full((6, 32, 32, 3), 110, np.uint8)
+    for i in range(6):
+        frames[i, 8:16, 4 * i : 4 * i + 8] = (210, 40, 30)  # a red square moving right on grey, plus noise
+    frames = np.clip(frames.astype(int) + rng.integers(-8, 9, frames.shape), 0, 255).astype(np.uint8)
+    gif = Image.open(write_gif(frames, tmp_path / "clip.gif"))
+    assert gif.n_frames == 6 and gif.size == (128, 128)
+    for i in range(6):
+        gif.seek(i)
+        shown = np.asarray(gif.convert("RGB"))[::4, ::4].astype(int)
+        assert np.abs(shown - frames[i]).mean() < 2.0
