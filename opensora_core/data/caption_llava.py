@@ -21,9 +21,7 @@ def select_frames(path: str, start: float | None = None, end: float | None = Non
     """The first, middle and last decoded frames of a clip: 3 x uint8 [H, W, 3]."""
     from opensora_core.data.dataset import decode_frames
 
-    frames = decode_frames(path, start, end)
-    n = len(frames)
-    return [frames[i] for i in (0, n // 2, n - 1)]
+    return list(decode_frames(path, start, end, select=lambda n: (0, n // 2, n - 1)))
 
 
 def build_prompt(num_images: int = FRAMES_PER_CLIP, instruction: str = PROMPT, image_token: str = "<image>") -> str:

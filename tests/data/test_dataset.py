@@ -150,3 +150,12 @@ def test_resuming_on_another_number_of_ranks_keeps_the_global_sample_order(new_r
         assert step == sorted(order[position:position + len(step)])
         position += len(step)
     assert n - position < batch * new_replicas  # only a tail smaller than one global batch is left out
+
+
+def test_decoding_a_selection_gives_exactly_those_frames_of_the_full_decode(counter):
+    from opensora_core.data.dataset import decode_frames
+
+    full = decode_frames(str(counter))
+    picked = decode_frames(str(counter), select=lambda n: [0, n // 2, n - 1, n - 1])
+    assert picked.shape == (4, *full.shape[1:])
+    assert (picked == full[[0, len(full) // 2, len(full) - 1, len(full) - 1]]).all()
