@@ -105,13 +105,29 @@ def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOp
         typer.echo(f"{sid:24s} {state:12s} {rec.get('seconds', '')}")
 
 
+def _prepare_tracking(params) -> None:
+    import contextlib
+
+    from opensora_core import tracking
+
+    with contextlib.suppress(Exception):
+        tracking.configure(params.load())
+
+
 def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
+    import threading
+
     _quiet_prefect()
+    # MLflow's import and a new project's database (~10 s on 2 busy cores) overlap the temporary Prefect server's
+    # start (~15-30 s, mostly in its own process); an error here shows again, reported, when the flow opens its run
+    tracking_ready = threading.Thread(target=_prepare_tracking, args=(params,), daemon=True)
+    tracking_ready.start()
     from flows.progressive_training import progressive_training
     from flows.run_lifetime import bind_temporary_api
 
     bind_temporary_api()  # the temporary Prefect server dies with this process, even by SIGKILL
+    tracking_ready.join()
     return progressive_training(
         preset=params.preset, overrides=list(params.overrides), stages_to_run=stage_list or None, force=force,
         train_retries=train_retries, use_dvc=use_dvc, params_path=params.path, nodes=nodes,
