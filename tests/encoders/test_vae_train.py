@@ -45,7 +45,8 @@ def test_training_from_mp4s_writes_a_loadable_vae_atomically(tmp_path):
 
 def test_the_trained_vae_does_not_depend_on_the_callers_thread_count(tmp_path):
     """The encoders stage gives one VAE on any machine: the thread count changes float rounding, and the tiny
-    recipe is sensitive to it (22.6 dB with 1 thread, 29.4 dB with 2), so training always uses VAE_THREADS."""
+    recipe is sensitive to it (the earlier fixed-cosine one: 22.6 dB with 1 thread, 29.4 dB with 2), so training
+    always uses VAE_THREADS."""
     from safetensors.torch import load_file
 
     frames = render_frames(12, size=32, seed=3)
@@ -60,12 +61,32 @@ def test_the_trained_vae_does_not_depend_on_the_callers_thread_count(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_the_lr_holds_until_the_psnr_level_then_decays_within_the_step_budget():
+    from opensora_core.encoders.vae_train import _LrSchedule
+
+    s = _LrSchedule(steps=3000, decay_at_psnr=27.0, decay_steps=400)
+    for step, db in ((100, 18.0), (200, 22.5), (300, 26.9)):
+        s.observe(step, db)
+    assert s.factor(300) == 1.0 and not s.done(300)  # still on the plateau: full lr
+    s.observe(400, 27.2)
+    assert s.reached and s.factor(400) == 1.0 and s.factor(600) == pytest.approx(0.55) and s.factor(800) == pytest.approx(0.1)
+    assert not s.done(799) and s.done(800)
+
+    late = _LrSchedule(steps=3000, decay_at_psnr=27.0, decay_steps=400)
+    for step in range(100, 2600, 100):
+        late.observe(step, 20.0)
+    assert late.decay_from is None
+    late.observe(2600, 20.0)
+    assert late.decay_from == 2600 and not late.reached and late.done(3000)  # the budget forces the decay
+
+
 @pytest.mark.slow
 def test_tiny_vae_reaches_28db_psnr_on_held_out_synthetic_frames(tmp_path):
     """The tiny preset's own prepare stage and VAE training call (as the pipeline's encoders stage runs them).
 
-    Measured (2 intra-op threads, which train_tiny_vae always uses): 29.3-29.6 dB on the preset's 600 clips
-    after 1400 steps, ~70-90 s. The issue's requirement is 28 dB.
+    Measured (2 intra-op threads, which train_tiny_vae always uses): 32.65 dB on the preset's 600 clips in 1600
+    steps, ~105 s (31.7-33.3 dB over other seeds, 1 thread and unvectorised kernels; a fixed 1400-step cosine
+    gave 25.7 dB on a Sapphire Rapids CI host, whose plateau lasted longer). The issue's requirement is 28 dB.
     """
     import time
 
@@ -91,4 +112,5 @@ def test_tiny_preset_trains_the_vae_with_the_measured_recipe():
     defaults = {k: p.default for k, p in inspect.signature(train_tiny_vae).parameters.items()}
     v = load_config(preset="tiny").vae
     assert (v.train_steps, v.train_batch_size, v.train_lr) == (defaults["steps"], defaults["batch_size"], defaults["lr"])
+    assert v.train_decay_at_psnr == defaults["decay_at_psnr"]
     assert (v.downsample, v.latent_channels) == (defaults["downsample"], defaults["latent_channels"])
