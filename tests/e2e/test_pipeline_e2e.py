@@ -181,11 +181,15 @@ def test_dvc_exp_run_temp_retrains_in_a_copy_and_tracks_into_the_projects_mlflow
     assert "fp16-temp" in set(_experiments(root, env)["Experiment"].dropna())
 
 
-@pytest.mark.timeout(1500)  # two experiments, each retraining three stages and evaluating
+@pytest.mark.timeout(1500)
 def test_a_queued_lr_sweep_lists_both_experiments_with_their_evaluation_metrics(committed):
+    """A sweep of the last stage's lr: each experiment retrains only finetune_64f and evaluates (DVC skips the
+    stages whose parameters did not change). The preset gives that stage no lr of its own (it takes train.lr),
+    so the key is added with Hydra's `+`."""
     root, env = committed
+    key = "presets.tiny.stages.finetune_64f.lr"
     for lr in ("1e-4", "2e-5"):
-        dvc(["exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.lr={lr}"], root, env)
+        dvc(["exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"+{key}={lr}"], root, env)
     dvc(["queue", "start", "-j", "1"], root, env)
     deadline = time.time() + 900
     while time.time() < deadline:
@@ -194,8 +198,11 @@ def test_a_queued_lr_sweep_lists_both_experiments_with_their_evaluation_metrics(
             break
         time.sleep(3)
     assert "Failed" not in status, status + dvc(["queue", "logs", "lr-1e-4"], root, env, check=False).stdout[-3000:]
+    log = dvc(["queue", "logs", "lr-1e-4"], root, env).stdout
+    ran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")]
+    assert ran == ["train@finetune_64f", "evaluate"], log[-3000:]
     table = _experiments(root, env).set_index("Experiment")
     for lr in ("1e-4", "2e-5"):
         row = table.loc[f"lr-{lr}"]
-        assert float(row["train.lr"]) == float(lr)
+        assert float(row[key]) == float(lr)
         assert row["final.heldout_loss"] == row["final.heldout_loss"]  # a number, not NaN: evaluate ran in the experiment
