@@ -71,7 +71,8 @@ def train_configured_vae(cfg: Config, source: str | Path | None = None):
     v = cfg.vae
     return train_tiny_vae(
         source or cfg.paths.raw_manifest, cfg.paths.vae_dir, steps=v.train_steps, batch_size=v.train_batch_size,
-        lr=v.train_lr, decay_at_psnr=v.train_decay_at_psnr, seed=cfg.seed, latent_channels=v.latent_channels, downsample=v.downsample,
+        lr=v.train_lr, decay_at_psnr=v.train_decay_at_psnr, seed=cfg.seed, latent_channels=v.latent_channels,
+        downsample=v.downsample,
         val_fraction=cfg.data.val_fraction or 0.1,
         # synthetic clips: the frames as rendered; real videos: 64 px frames (the tiny VAE's training size)
         frame_size=cfg.data.video_size if cfg.data.source == "synthetic" else 64,

@@ -239,8 +239,7 @@ class _LrSchedule:
     CPU's float rounding, then climbs. With a fixed 1400-step cosine one host reached 29.9 dB held-out and
     another 25.7 (the lr had decayed before it left the plateau). Holding the lr until the training frames
     reach `decay_at_psnr` waits for the climb wherever it comes (800-1300 steps in the runs measured); the decay
-    then adds 3-6 dB. The decay starts
-    at `steps - decay_steps` at the latest, so a run never exceeds `steps`.
+    then adds 3-6 dB. The decay starts at `steps - decay_steps` at the latest, so a run never exceeds `steps`.
     """
 
     def __init__(self, steps: int, decay_at_psnr: float, decay_steps: int):
@@ -277,7 +276,7 @@ def _train(train, val, out_dir, t0, schedule: _LrSchedule, batch_size, lr, seed,
     g = torch.Generator().manual_seed(seed)
     vae = tiny_autoencoder(latent_channels, downsample, width, seed).train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
-    check = train[:256]
+    check = train[:256]  # the frames behind the PSNR checks, the latent calibration and psnr_train
     bar = tqdm(total=schedule.steps, desc="vae", disable=not progress, mininterval=2)
     step = 0
     while not schedule.done(step):
@@ -308,9 +307,9 @@ def _train(train, val, out_dir, t0, schedule: _LrSchedule, batch_size, lr, seed,
         log.warning("tiny VAE: the training frames did not reach %.1f dB in %d steps at the full lr; decayed anyway "
                     "(more vae.train_steps give the plateau more time)", schedule.decay_at_psnr, schedule.decay_from)
     vae.eval().requires_grad_(False)
-    scale = calibrate_latent_scale(vae, train[:256])
+    scale = calibrate_latent_scale(vae, check)
     result = VAETrainResult(
-        out_dir=str(out_dir), psnr_val=psnr(reconstruct(vae, val), val), psnr_train=psnr(reconstruct(vae, train[:256]), train[:256]),
+        out_dir=str(out_dir), psnr_val=psnr(reconstruct(vae, val), val), psnr_train=psnr(reconstruct(vae, check), check),
         steps=steps, seconds=0.0, num_train_frames=len(train), num_val_frames=len(val), latent_scale=scale,
     )
     write_atomically(out_dir, lambda tmp: vae.save_pretrained(tmp, safe_serialization=True))
