@@ -9,7 +9,7 @@ step on local Dask clusters of 1 and of 2 worker processes (one thread each), tw
          the encoders inside the step
   warm   a long-lived LocalCluster reached by address (as `data.dask: tcp://...`), already importing the project
 `step s` is the step's own time inside the flow (chunks submitted and gathered); `setup s` and `work s` are the
-workers' summed seconds of imports + model loads and of probing/encoding (flows/dask_chunks.py times them);
+workers' summed seconds of imports + model loads and of probing/encoding (opensora_core/data/dask_chunks.py times them);
 `start-up s` is the rest of the call: Prefect's temporary API server (and a cold cluster), paid once per flow run.
 Every Dask output is checked byte for byte against the single-process one. Medians (min-max) of the rounds; the
 table is printed and logged to MLflow (tags.bench = dask_data).
@@ -35,7 +35,7 @@ def _warm_cluster(workers: int):
 
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     with Client(cluster) as client:
-        client.run(lambda: __import__("flows.dask_chunks") and __import__("opensora_core.data.cache")
+        client.run(lambda: __import__("opensora_core.data.dask_chunks") and __import__("opensora_core.data.cache")
                    and __import__("opensora_core.data.ingest") and __import__("opensora_core.encoders"))
     return cluster
 
@@ -72,7 +72,7 @@ def main() -> None:
     from opensora_core.data.synthetic import generate_synthetic
     from opensora_core.encoders.build import ensure_tiny_text_encoder
     from opensora_core.encoders.vae_train import tiny_autoencoder
-    from opensora_core.stages import Params
+    from opensora_core.pipeline import Params
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     generate_synthetic(tmp / "syn", num=a.clips, frames=32, size=32, seed=0, workers=2, progress=False)
@@ -119,7 +119,7 @@ def main() -> None:
             if mode == "single":
                 build_latent_cache(cfg, stage, progress=False)
                 record("cache", mode, time.perf_counter() - t0)
-            else:  # the single-process stage's shard and batch sizes, as run_stage_on_dask passes them
+            else:  # the single-process stage's shard and batch sizes, as run_stage_on_cluster passes them
                 out = run_data_prep(p, **on, steps=("cache",), cache_stages=[stage], shard_size=SHARD_SIZE, batch_size=16,
                                     chunks_per_worker=a.chunks_per_worker)
                 record("cache", mode, out["seconds"]["cache"], time.perf_counter() - t0, out["workers"][f"cache@{stage}"])

@@ -9,7 +9,7 @@ One local Dask cluster of 1 worker process (one thread) under the data-prep flow
                   that worker's own temporary Prefect API server (a worker does not inherit the flow's)
   dask future     the same no-op as a plain future through prefect_dask.get_dask_client(): Dask's round trip
   worker import   a fresh worker's first import of the project's data/encoder code (torch, av, ...)
-  model load      the tiny VAE + text encoder, once per worker process (flows.dask_chunks keeps them)
+  model load      the tiny VAE + text encoder, once per worker process (opensora_core.data.dask_chunks keeps them)
 Medians (min-max) of the rounds, in ms per call; then, in this process, the work per tiny clip (probe + hash +
 scene split of a 32-frame 32 px file; VAE + text encoding of one 4-frame clip) for scale.
 """
@@ -42,7 +42,7 @@ def _import_project() -> float:
 
 
 def _load_models(params) -> float:
-    from flows.dask_chunks import encoders
+    from opensora_core.data.dask_chunks import encoders
 
     t0 = time.perf_counter()
     encoders(params)
@@ -65,7 +65,7 @@ def main() -> None:
     from flows.data_prep import dask_task_runner
     from opensora_core.encoders.build import ensure_tiny_text_encoder
     from opensora_core.encoders.vae_train import tiny_autoencoder
-    from opensora_core.stages import Params
+    from opensora_core.pipeline import Params
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dask-overhead-"))
     params = Params(overrides=(f"run_dir={tmp / 'run'}", "train.sample_every=0"))

@@ -22,25 +22,25 @@ from prefect.artifacts import create_markdown_artifact
 from flows.progressive_training import as_dict, job_params, stage_task
 from flows.run_lifetime import claim_flow_run
 from flows.runner import dvc_can_record, results_markdown, task_name
-from opensora_core import stages, tracking
+from opensora_core import pipeline, tracking
 
 
 def upstream_closure(cfg, stage_id: str) -> list[str]:
     """Every stage `stage_id` needs, in pipeline order."""
     need: set[str] = set()
-    todo = list(stages.upstream(cfg, stage_id))
+    todo = list(pipeline.upstream(cfg, stage_id))
     while todo:
         s = todo.pop()
         if s not in need:
             need.add(s)
-            todo += stages.upstream(cfg, s)
-    return [s for s in stages.stage_ids(cfg) if s in need]
+            todo += pipeline.upstream(cfg, s)
+    return [s for s in pipeline.stage_ids(cfg) if s in need]
 
 
 def link_inputs(base_cfg, variant_cfg, stage_id: str) -> None:
     """Point the variant's inputs at the shared outputs (symlinks), so the variants train on identical data."""
-    for up in stages.upstream(base_cfg, stage_id) + ["prepare", "caption", "encoders"]:
-        for src, dst in zip(stages.outputs(base_cfg, up), stages.outputs(variant_cfg, up)):
+    for up in pipeline.upstream(base_cfg, stage_id) + ["prepare", "caption", "encoders"]:
+        for src, dst in zip(pipeline.outputs(base_cfg, up), pipeline.outputs(variant_cfg, up)):
             if dst.is_symlink() or dst.exists():
                 continue
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def compare(kind: str, key: str, values: list[Any], stage: str, steps: int | Non
         for value in values:
             root = Path(cfg.root) / "compare" / group / str(value)
             extra = [f"{key}={value}", f"run_dir={root}"] + ([f"stages.{stage}.max_steps={steps}"] if steps else [])
-            variant = stages.Params(base.path, base.preset, tuple(base.overrides) + tuple(extra))
+            variant = pipeline.Params(base.path, base.preset, tuple(base.overrides) + tuple(extra))
             link_inputs(cfg, variant.load(), sid)
             logger.info("%s=%s -> %s", key, value, root)
             row = stage_task.with_options(name=f"{stage}-{key.split('.')[-1]}-{value}")(

@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 
 from flows.run_lifetime import claim_flow_run
 from flows.runner import dvc_can_record, results_markdown, run_stage_process, select_stages, task_name
-from opensora_core import stages, tracking
+from opensora_core import pipeline, tracking
 
 
 @task(name="stage", cache_policy=NO_CACHE, retry_delay_seconds=0)
@@ -34,22 +34,22 @@ def stage_task(stage_id: str, params: dict[str, Any], use_dvc: bool, force: bool
                run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one stage as a subprocess; its output lines become this task's log lines."""
     logger = get_run_logger()
-    p = stages.Params(params.get("path"), params.get("preset"), tuple(params.get("overrides") or ()))
+    p = pipeline.Params(params.get("path"), params.get("preset"), tuple(params.get("overrides") or ()))
     return run_stage_process(stage_id, p, use_dvc, force, parent_run_id, logger.info, run_tags)
 
 
-def as_dict(params: stages.Params) -> dict[str, Any]:
+def as_dict(params: pipeline.Params) -> dict[str, Any]:
     return {"path": params.path, "preset": params.preset, "overrides": list(params.overrides)}
 
 
 def job_params(preset: str | None, dtype: str | None, lr: float | None, processes: int | None,
-               overrides: list[str] | None, params_path: str | None = None) -> stages.Params:
+               overrides: list[str] | None, params_path: str | None = None) -> pipeline.Params:
     """The flow's parameters as the config source every job rebuilds (`--params --preset key=value`)."""
     extra = [f"train.dtype={dtype}"] * bool(dtype) + [f"train.lr={lr}"] * bool(lr) + [f"train.processes={processes}"] * bool(processes)
-    return stages.Params(params_path, preset, tuple(list(overrides or []) + extra))
+    return pipeline.Params(params_path, preset, tuple(list(overrides or []) + extra))
 
 
-def run_pipeline(params: stages.Params, stage_list: list[str] | None, train_retries: int, force: bool,
+def run_pipeline(params: pipeline.Params, stage_list: list[str] | None, train_retries: int, force: bool,
                  use_dvc: bool | None, title: str, tags: dict[str, str] | None = None,
                  artifact_key: str = "progressive-training") -> list[dict[str, Any]]:
     """Run the selected stages in order under one MLflow parent run; publish the results table."""
@@ -65,7 +65,7 @@ def run_pipeline(params: stages.Params, stage_list: list[str] | None, train_retr
     client = tracking.configure(cfg).MlflowClient()
     error: BaseException | None = None
     for sid in ids:
-        kind, _ = stages.split_id(sid)
+        kind, _ = pipeline.split_id(sid)
         task_fn = stage_task.with_options(name=task_name(sid), retries=train_retries if kind == "train" else 0)
         t0 = time.time()
         try:

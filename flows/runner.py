@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opensora_core import stages
+from opensora_core import pipeline
 from opensora_core.config import Config
 from opensora_core.lifetime import bound_command
 
@@ -31,14 +31,14 @@ TASK_NAMES = {"prepare": "prepare_data", "caption": "caption", "encoders": "trai
 
 def task_name(stage_id: str) -> str:
     """Prefect task name of a stage: prepare_data, caption, train_vae, cache-pretrain_256, pretrain_256, evaluate."""
-    kind, sub = stages.split_id(stage_id)
+    kind, sub = pipeline.split_id(stage_id)
     return sub if kind == "train" else (f"cache-{sub}" if kind == "cache" else TASK_NAMES[kind])
 
 
 def select_stages(cfg: Config, wanted: list[str] | None) -> list[str]:
     """Stage ids to run, in pipeline order. `wanted` may name ids (train@pretrain_256), task names
     (pretrain_256, prepare_data, train_vae) or `cache` (every cache stage)."""
-    ids = stages.stage_ids(cfg)
+    ids = pipeline.stage_ids(cfg)
     if not wanted:
         return ids
     names = {task_name(i): i for i in ids} | {i: i for i in ids}
@@ -53,14 +53,14 @@ def select_stages(cfg: Config, wanted: list[str] | None) -> list[str]:
     return [i for i in ids if i in chosen]
 
 
-def dvc_can_record(params: stages.Params, cfg: Config) -> bool:
+def dvc_can_record(params: pipeline.Params, cfg: Config) -> bool:
     """True when `dvc repro` would run exactly this config: the project's params.yaml, its preset, no change."""
     root = cfg.project_dir
     if not (root / "dvc.yaml").exists() or not _inside_dvc_repo(root):
         return False
     if params.path and Path(params.path).resolve() != (root / "params.yaml").resolve():
         return False
-    plain = stages.Params(str(root / "params.yaml")).load()
+    plain = pipeline.Params(str(root / "params.yaml")).load()
     return plain.model_dump() == cfg.model_dump() and cfg.root == root / "runs" / cfg.preset
 
 
@@ -69,14 +69,14 @@ def _inside_dvc_repo(root: Path) -> bool:
     return (root / ".dvc").is_dir() and any((d / ".git").exists() for d in (root, *root.parents))
 
 
-def stage_command(stage_id: str, params: stages.Params, use_dvc: bool, force: bool) -> list[str]:
+def stage_command(stage_id: str, params: pipeline.Params, use_dvc: bool, force: bool) -> list[str]:
     if use_dvc:  # DVC is not ours: it runs bound to the flow (opensora_core/lifetime.py), so it dies with it
         return bound_command("dvc", "repro", "--single-item", *(["--force"] if force else []), stage_id)
     return [sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "stage", stage_id,
             *(["--force"] if force else []), *params.cli_args()]
 
 
-def run_stage_process(stage_id: str, params: stages.Params, use_dvc: bool, force: bool,
+def run_stage_process(stage_id: str, params: pipeline.Params, use_dvc: bool, force: bool,
                       parent_run_id: str | None, on_line: Callable[[str], None],
                       run_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one stage in a subprocess, streaming its lines; returns its record plus `ran` and `seconds`."""
@@ -95,10 +95,10 @@ def run_stage_process(stage_id: str, params: stages.Params, use_dvc: bool, force
         if not (use_dvc and line.strip().startswith(_DVC_HINTS)):
             on_line(line)
 
-    rc = stages.stream_command(stage_command(stage_id, params, use_dvc, force), forward, env=env, cwd=cfg.project_dir)
+    rc = pipeline.stream_command(stage_command(stage_id, params, use_dvc, force), forward, env=env, cwd=cfg.project_dir)
     if rc != 0:
         raise RuntimeError(f"stage {stage_id} failed (exit status {rc}); see the log above")
-    rec = stages.read_record(cfg, stage_id) or {}
+    rec = pipeline.read_record(cfg, stage_id) or {}
     ran = float(rec.get("finished_at") or 0) >= t0
     # seconds: the task's subprocess wall time; stage_seconds: the stage body's own time (0 when up to date), so
     # the difference is the orchestration overhead (interpreter start-up, DVC, MLflow run bookkeeping)

@@ -37,7 +37,7 @@ pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deploy
 
 
 def _params(params: Path | None, preset: str | None, overrides: list[str] | None):
-    from opensora_core.stages import Params
+    from opensora_core.pipeline import Params
 
     load_cli_config(params, preset, overrides)  # validate first: exit code 2 with the field named
     return Params(str(params) if params else None, preset, tuple(overrides or []))
@@ -77,7 +77,7 @@ def stage_cmd(
     preset: str = PresetOption,
 ) -> None:
     """Run one stage (idempotent: skips when up to date). dvc.yaml's stages call this."""
-    from opensora_core.stages import run_stage
+    from opensora_core.pipeline import run_stage
 
     _set_lock_timeout(lock_timeout)
     p = _params(params, preset, overrides)
@@ -94,12 +94,12 @@ def stage_cmd(
 @pipeline_app.command("status")
 def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOption, preset: str = PresetOption) -> None:
     """Each stage: up to date or not (from the stage records; `dvc status` says the same for DVC runs)."""
-    from opensora_core import stages
+    from opensora_core import pipeline
 
     cfg = load_cli_config(params, preset, overrides)
-    for sid in stages.stage_ids(cfg):
-        rec = stages.read_record(cfg, sid) or {}
-        state = "up to date" if stages.is_up_to_date(cfg, sid) else (rec.get("status") or "never run")
+    for sid in pipeline.stage_ids(cfg):
+        rec = pipeline.read_record(cfg, sid) or {}
+        state = "up to date" if pipeline.is_up_to_date(cfg, sid) else (rec.get("status") or "never run")
         if state == "done":
             state = "outdated"
         typer.echo(f"{sid:24s} {state:12s} {rec.get('seconds', '')}")
@@ -277,12 +277,12 @@ def demo_cmd(
     overrides: list[str] = OverridesArgument,
 ) -> None:
     """The main job: the whole tiny pipeline on CPU through the Prefect flow, then where to look."""
-    from opensora_core import stages
+    from opensora_core import pipeline
 
     t0 = time.time()
     p = _params(params, preset, overrides)
     cfg = p.load()
-    typer.secho(f"opensora demo: preset {cfg.preset}, {len(stages.stage_ids(cfg))} stages, run dir {cfg.root}", bold=True)
+    typer.secho(f"opensora demo: preset {cfg.preset}, {len(pipeline.stage_ids(cfg))} stages, run dir {cfg.root}", bold=True)
     rows = run_flow(p, None, force, 1, None)
     wall = time.time() - t0
     _print_rows(rows)

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import pandas as pd
 
+from opensora_core.io import read_jsonl
+
 log = logging.getLogger(__name__)
 
 
@@ -89,14 +91,7 @@ def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captione
     out = Path(manifest_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ckpt = out.with_name(out.name + ".captions.jsonl")
-    done: dict[str, str] = {}
-    if ckpt.exists():
-        for line in ckpt.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["key"]] = rec["text"]
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut by a crash: that batch is redone
+    done = {k: rec["text"] for k, rec in read_jsonl(ckpt, "key").items() if "text" in rec}
     rows = df.to_dict("records")
     todo = [r for r in rows if clip_key(r) not in done]
     if done:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from opensora_core.io import atomic_write, read_jsonl
+
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 PROGRESS = "ingest_progress.jsonl"
@@ -133,6 +135,13 @@ def clips_of(rec: dict, min_duration: float, max_duration: float) -> tuple[list[
     return clips, rejects
 
 
+def resumable_records(progress_file: Path, scene_split: bool) -> dict[str, dict]:
+    """The records of the progress file that a run with `scene_split` keeps: a file probed with the other scene
+    setting is redone (a rejected file stays rejected either way)."""
+    return {path: rec for path, rec in read_jsonl(progress_file, "path").items()
+            if rec.get("status") != "ok" or rec.get("scene_split", True) == scene_split}
+
+
 def probe_files(files: list[str], out: Path, fs=None, threshold: float = 30.0, scene_split: bool = True,
                 workers: int = 2, progress: bool = True, process=process_file) -> tuple[dict[str, dict], int]:
     """Probe every file (in parallel), resuming from out/ingest_progress.jsonl; returns ({path: record}, number
@@ -143,15 +152,7 @@ def probe_files(files: list[str], out: Path, fs=None, threshold: float = 30.0, s
     from opensora_core.remote import RemoteError
 
     progress_file = out / PROGRESS
-    done: dict[str, dict] = {}
-    if progress_file.exists():
-        for line in progress_file.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                if rec["status"] != "ok" or rec.get("scene_split", True) == scene_split:
-                    done[rec["path"]] = rec  # a file probed with the other scene setting is redone
-            except (json.JSONDecodeError, KeyError):
-                continue  # the line a crash cut short: that file is redone
+    done = resumable_records(progress_file, scene_split)
     wanted = set(files)
     todo = [f for f in dict.fromkeys(files) if f not in done]
     if not scene_split:
@@ -201,15 +202,12 @@ def publish(out: Path, rows: list[dict], rejects: list[dict]) -> None:
     """Write rejects.csv then manifest.csv, each to a temp file renamed into place (the manifest last)."""
     from opensora_core.data.manifest import write_manifest
 
-    tmp = out / "rejects.csv.tmp"
-    pd.DataFrame(rejects, columns=["path", "reason"]).to_csv(tmp, index=False)
-    os.replace(tmp, out / "rejects.csv")
+    atomic_write(out / "rejects.csv", pd.DataFrame(rejects, columns=["path", "reason"]).to_csv(index=False))
     if rows:
         write_manifest(pd.DataFrame(rows), out / "manifest.csv")
     else:
-        tmp = out / "manifest.csv.tmp"
-        pd.DataFrame(columns=["path", "text", "num_frames", "fps", "height", "width", "start", "end"]).to_csv(tmp, index=False)
-        os.replace(tmp, out / "manifest.csv")
+        empty = pd.DataFrame(columns=["path", "text", "num_frames", "fps", "height", "width", "start", "end"])
+        atomic_write(out / "manifest.csv", empty.to_csv(index=False))
 
 
 def ingest(src: str | Path, out: str | Path, min_duration: float = 0.5, max_duration: float = 60.0,

@@ -1,4 +1,4 @@
-"""The chunking rule of the Dask data steps (flows/dask_chunks.py): fast, no cluster."""
+"""The chunking rule of the Dask data steps (opensora_core/data/dask_chunks.py): fast, no cluster."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 8, 9, 31, 100, 1001])
 @pytest.mark.parametrize("slots,per_slot", [(1, 1), (1, 4), (2, 4), (3, 2), (16, 4)])
 def test_chunks_cover_every_item_exactly_once_in_order(n, slots, per_slot):
-    from flows.dask_chunks import chunk_ranges
+    from opensora_core.data.dask_chunks import chunk_ranges
 
     chunks = chunk_ranges(n, slots, per_slot)
     assert [i for r in chunks for i in r] == list(range(n))
@@ -21,7 +21,7 @@ def test_a_shard_joined_from_pieces_is_the_shard_written_whole(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from flows.dask_chunks import merge_pieces
+    from opensora_core.data.dask_chunks import merge_pieces
 
     g = torch.Generator().manual_seed(0)
     whole = {"latent": torch.randn(5, 4, 2, 4, 4, generator=g), "y": torch.randn(5, 1, 8, 16, generator=g),

@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     from opensora_core.encoders import build_text_encoder, build_vae
     from opensora_core.encoders.build import ensure_tiny_text_encoder
     from opensora_core.encoders.vae_train import tiny_autoencoder
-    from opensora_core.stages import Params
+    from opensora_core.pipeline import Params
 
     tmp = tmp_path_factory.mktemp("dask_prep")
     generate_synthetic(tmp / "syn", num=6, frames=16, size=32, seed=3, workers=1, progress=False)
@@ -111,11 +111,11 @@ def test_a_rerun_of_the_flow_probes_and_encodes_nothing_again(setup, first_run):
 
 
 def test_an_interrupted_ingest_maps_only_the_missing_files(setup, tmp_path):
-    from flows.data_prep import _read_jsonl
+    from opensora_core.io import read_jsonl
     from opensora_core.data.ingest import PROGRESS
 
     progress = setup["cfg"].paths.raw_dir / PROGRESS
-    records = _read_jsonl(progress, "path")
+    records = read_jsonl(progress, "path")
     assert len(records) == 9
     kept = [json.dumps(r) for r in list(records.values())[:5]]
     progress.write_text("\n".join(kept) + "\n" + kept[-1][:20])  # 4 files lost, last line cut by the crash
@@ -132,7 +132,7 @@ def test_the_pipelines_own_stages_on_dask_write_what_they_write_in_one_process(s
     """`data.dask: local:2` in the pipeline's prepare and cache stages (the front door every route takes) gives the
     single-process stages' manifest, rejects and latent shards, byte for byte."""
     from opensora_core.data.caption import caption_manifest
-    from opensora_core.stages import Params, run_stage
+    from opensora_core.pipeline import Params, run_stage
 
     base = setup["params"].overrides
     outputs = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opensora_core import stages
+from opensora_core import pipeline
 from opensora_core.config import load_config
 
 from conftest import opensora, sh
@@ -70,7 +70,7 @@ def test_prefect_flow_runs_every_stage_and_records_them_through_dvc(clone, flow_
 def test_a_second_flow_run_reuses_everything(clone, flow_run):
     root, env = clone
     out = opensora(["pipeline", "run"], root, env)
-    ids = set(stages.stage_ids(load_config(root / "params.yaml")))
+    ids = set(pipeline.stage_ids(load_config(root / "params.yaml")))
     summary = [line.split()[:2] for line in out.stdout.splitlines() if line.startswith("  ") and line.split()[:1] and line.split()[0] in ids]
     assert len(summary) == 10 and all(outcome == "up" for _, outcome in summary), out.stdout
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ import pytest
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-test-"))
 os.environ.setdefault("PREFECT_API_DATABASE_CONNECTION_URL", f"sqlite+aiosqlite:///{os.environ['PREFECT_HOME']}/prefect.db")
 
-from opensora_core import stages
+from opensora_core import pipeline
 
 
 @pytest.fixture
@@ -25,9 +26,9 @@ def mlflow_db(tmp_path, monkeypatch) -> str:
 
 
 @pytest.fixture
-def tmp_params(tmp_path) -> stages.Params:
+def tmp_params(tmp_path) -> pipeline.Params:
     """The project's params with the run directory moved into tmp."""
-    return stages.Params(overrides=(f"run_dir={tmp_path / 'run'}",))
+    return pipeline.Params(overrides=(f"run_dir={tmp_path / 'run'}",))
 
 
 class FakeBodies:
@@ -39,12 +40,12 @@ class FakeBodies:
         self.fail_train_once: set[str] = set()
 
     def make(self, kind: str):
-        def body(cfg, params, on_line, *extra):
-            sub = extra[0] if kind in ("cache", "train") else None
+        def body(ctx: pipeline.StageContext):
+            cfg, on_line, sub = ctx.cfg, ctx.on_line, ctx.stage
             sid = f"{kind}@{sub}" if sub else kind
             self.calls.append(sid)
             on_line(f"fake {sid} running")
-            for out in stages.outputs(cfg, sid):
+            for out in pipeline.outputs(cfg, sid):
                 if kind == "train":
                     out.mkdir(parents=True, exist_ok=True)
                     partial = out / "partial"
@@ -68,10 +69,8 @@ class FakeBodies:
 @pytest.fixture
 def fake_bodies(monkeypatch) -> FakeBodies:
     fake = FakeBodies()
-    for kind in stages.STAGE_KEYS:
-        monkeypatch.setitem(stages._BODIES, kind, fake.make(kind))
+    for kind, stage in pipeline.STAGES.items():
+        monkeypatch.setitem(pipeline.STAGES, kind, dataclasses.replace(stage, run=fake.make(kind)))
     return fake
 
 
-def project_root() -> Path:
-    return Path(stages.__file__).resolve().parents[1]

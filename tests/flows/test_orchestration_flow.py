@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 import flows.progressive_training as pt  # PREFECT_HOME: tmp, set in conftest
-from opensora_core import stages
+from opensora_core import pipeline
 
 pytestmark = pytest.mark.slow  # Prefect's temporary API server starts in ~20-40 s on 2 busy cores
 
@@ -16,7 +16,7 @@ def in_process_stages(monkeypatch):
     """Run each task's stage in-process (so the fake bodies apply) instead of in a subprocess."""
     def run(stage_id, params, use_dvc, force, parent_run_id, on_line, run_tags=None):
         monkeypatch.setenv("OPENSORA_PARENT_RUN_ID", parent_run_id)
-        result = stages.run_stage(stage_id, params, force=force, on_line=on_line)
+        result = pipeline.run_stage(stage_id, params, force=force, on_line=on_line)
         return {**result.to_dict(), "seconds": result.seconds}
 
     monkeypatch.setattr(pt, "run_stage_process", run)
@@ -29,15 +29,15 @@ def test_flow_runs_every_stage_in_order_under_one_mlflow_parent_and_publishes_a_
 
     rows = pt.progressive_training(overrides=list(tmp_params.overrides), use_dvc=False)
     cfg = tmp_params.load()
-    assert [r["stage"] for r in rows] == stages.stage_ids(cfg)
-    assert fake_bodies.calls == stages.stage_ids(cfg)
+    assert [r["stage"] for r in rows] == pipeline.stage_ids(cfg)
+    assert fake_bodies.calls == pipeline.stage_ids(cfg)
 
     client = mlflow.MlflowClient(mlflow_db)
     parent = client.get_run(rows[0]["parent_run_id"])
     assert parent.data.tags["pipeline"] == "progressive-training"
     assert parent.data.metrics["pretrain_256_final_loss"] == 0.5
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert {c.data.tags["pipeline_stage"] for c in children} == {s for s in stages.stage_ids(cfg) if not s.startswith("train@") and s != "evaluate"}
+    assert {c.data.tags["pipeline_stage"] for c in children} == {s for s in pipeline.stage_ids(cfg) if not s.startswith("train@") and s != "evaluate"}
     assert all(c.data.tags["preset"] == "tiny" and "dtype" in c.data.tags and "lr" in c.data.tags for c in children)
 
     artifact = Artifact.get("progressive-training")
@@ -45,7 +45,7 @@ def test_flow_runs_every_stage_in_order_under_one_mlflow_parent_and_publishes_a_
 
     again = pt.progressive_training(overrides=list(tmp_params.overrides), use_dvc=False)
     assert not any(r["ran"] for r in again)
-    assert len(fake_bodies.calls) == len(stages.stage_ids(cfg))
+    assert len(fake_bodies.calls) == len(pipeline.stage_ids(cfg))
 
 
 def test_a_failed_training_task_is_retried_and_resumes_from_its_checkpoint(tmp_params, fake_bodies, mlflow_db, in_process_stages):

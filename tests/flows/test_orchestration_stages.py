@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opensora_core import stages
+from opensora_core import pipeline
 from opensora_core.config import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # this repository is a project
@@ -19,7 +19,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]  # this repository is a proje
 
 def _fps(overrides=()):
     cfg = load_config(overrides=list(overrides))
-    return {sid: stages.fingerprint(cfg, sid) for sid in stages.stage_ids(cfg)}
+    return {sid: pipeline.fingerprint(cfg, sid) for sid in pipeline.stage_ids(cfg)}
 
 
 def test_changing_the_learning_rate_changes_only_training_and_evaluation():
@@ -53,7 +53,7 @@ def _dvc_stage_params(dvc: dict) -> dict[str, set[str]]:
 def test_dvc_yaml_depends_on_the_same_parameters_as_the_stage_fingerprints():
     dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
     params = _dvc_stage_params(dvc)
-    for kind, keys in stages.STAGE_KEYS.items():
+    for kind, keys in pipeline.STAGE_KEYS.items():
         assert params[kind] == {k for k in keys if k != "seed"}, kind
 
 
@@ -63,62 +63,62 @@ def test_dvc_yaml_stage_names_are_the_stage_ids():
     for name, st in dvc["stages"].items():
         items = st.get("foreach")
         names += [f"{name}@{i}" for i in items] if items else [name]
-    assert sorted(names) == sorted(stages.stage_ids(load_config()))
+    assert sorted(names) == sorted(pipeline.stage_ids(load_config()))
 
 
 def test_a_stage_is_skipped_when_up_to_date_and_rerun_after_a_relevant_change(tmp_params, fake_bodies):
     for sid in ("prepare", "caption", "encoders", "cache@pretrain_256"):
-        assert stages.run_stage(sid, tmp_params, track=False).ran
-    assert not stages.run_stage("cache@pretrain_256", tmp_params, track=False).ran
-    changed = stages.Params(overrides=tmp_params.overrides + ("stages.pretrain_256.image_size=32",))
-    assert stages.run_stage("cache@pretrain_256", changed, track=False).ran
-    assert not stages.run_stage("prepare", changed, track=False).ran
+        assert pipeline.run_stage(sid, tmp_params, track=False).ran
+    assert not pipeline.run_stage("cache@pretrain_256", tmp_params, track=False).ran
+    changed = pipeline.Params(overrides=tmp_params.overrides + ("stages.pretrain_256.image_size=32",))
+    assert pipeline.run_stage("cache@pretrain_256", changed, track=False).ran
+    assert not pipeline.run_stage("prepare", changed, track=False).ran
     assert fake_bodies.calls.count("cache@pretrain_256") == 2
 
 
 def test_force_reruns_a_finished_stage(tmp_params, fake_bodies):
-    stages.run_stage("prepare", tmp_params, track=False)
-    assert stages.run_stage("prepare", tmp_params, force=True, track=False).ran
+    pipeline.run_stage("prepare", tmp_params, track=False)
+    assert pipeline.run_stage("prepare", tmp_params, force=True, track=False).ran
     assert fake_bodies.calls == ["prepare", "prepare"]
 
 
 def test_a_killed_training_job_resumes_while_a_changed_config_starts_over(tmp_params, fake_bodies):
     for sid in ("prepare", "caption", "encoders", "cache@pretrain_256"):
-        stages.run_stage(sid, tmp_params, track=False)
+        pipeline.run_stage(sid, tmp_params, track=False)
     fake_bodies.fail_train_once.add("train@pretrain_256")
     with pytest.raises(RuntimeError, match="job killed"):
-        stages.run_stage("train@pretrain_256", tmp_params, track=False)
+        pipeline.run_stage("train@pretrain_256", tmp_params, track=False)
     cfg = tmp_params.load()
-    assert stages.read_record(cfg, "train@pretrain_256")["status"] == "running"
-    stages.run_stage("train@pretrain_256", tmp_params, force=True, track=False)  # DVC's retry passes --force
+    assert pipeline.read_record(cfg, "train@pretrain_256")["status"] == "running"
+    pipeline.run_stage("train@pretrain_256", tmp_params, force=True, track=False)  # DVC's retry passes --force
     final = json.loads((cfg.paths.ckpt_dir("pretrain_256") / "final.json").read_text())
     assert final["resumed"] == 1
 
     fake_bodies.fail_train_once.add("train@pretrain_256")
     with pytest.raises(RuntimeError):
-        stages.run_stage("train@pretrain_256", tmp_params, force=True, track=False)
-    other = stages.Params(overrides=tmp_params.overrides + ("train.lr=1e-4",))
-    stages.run_stage("train@pretrain_256", other, track=False)
+        pipeline.run_stage("train@pretrain_256", tmp_params, force=True, track=False)
+    other = pipeline.Params(overrides=tmp_params.overrides + ("train.lr=1e-4",))
+    pipeline.run_stage("train@pretrain_256", other, track=False)
     final = json.loads((cfg.paths.ckpt_dir("pretrain_256") / "final.json").read_text())
     assert final["resumed"] == 0
 
 
 def test_missing_upstream_outputs_name_the_stage_to_run(tmp_params, fake_bodies):
     with pytest.raises(FileNotFoundError, match="opensora pipeline stage prepare"):
-        stages.run_stage("caption", tmp_params, track=False)
+        pipeline.run_stage("caption", tmp_params, track=False)
     assert fake_bodies.calls == []
 
 
 def test_stream_command_passes_progress_redraws_and_lines_in_order():
     lines: list[str] = []
     code = "import sys; sys.stdout.write('a\\rb\\nc\\r\\nlast'); sys.stdout.flush(); sys.exit(3)"
-    rc = stages.stream_command([sys.executable, "-c", code], lines.append)
+    rc = pipeline.stream_command([sys.executable, "-c", code], lines.append)
     assert rc == 3
     assert lines == ["a", "b", "c", "last"]
 
 
 def test_unknown_stage_ids_are_rejected():
     with pytest.raises(ValueError, match="unknown stage"):
-        stages.split_id("train")
+        pipeline.split_id("train")
     with pytest.raises(ValueError, match="unknown stage"):
-        stages.split_id("bake@pretrain_256")
+        pipeline.split_id("bake@pretrain_256")

@@ -1,28 +1,23 @@
-"""Typed configuration: `params.yaml` -> a validated `Config`.
+"""The schema of params.yaml: one pydantic model per section, validated before anything runs.
 
-`params.yaml` names a `preset` (a block of `presets`); the top-level sections override that preset key by key
-(a null leaves the preset's value), then `key=value` overrides from the command line apply last. The result is
-validated with pydantic before anything runs: an unknown key, a wrong type or an impossible value raises
-`ConfigError` naming the field and the file (the CLI turns it into exit code 2).
+An unknown key, a wrong type or an impossible value fails validation naming the field; opensora_core.config.loading
+turns that into a ConfigError that also names the file.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import re
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from opensora_core import project
+from opensora_core.config.paths import RunPaths
+from opensora_core.vocabulary import Vocabulary
 
 OVERRIDABLE_SECTIONS = ("run_dir", "model", "vae", "text_encoder", "data", "train", "stages", "eval", "tracking")
 STAGE_ORDER = ("pretrain_256", "finetune_512", "finetune_64f")
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader: ~10x faster, same results
 
 
 class ConfigError(ValueError):
@@ -78,7 +73,7 @@ class TextEncoderConfig(_Strict):
 
 
 class SyntheticVocabConfig(_Strict):
-    """Which attributes synthetic clips are drawn from (null: all of them, see opensora_core.data.synthetic)."""
+    """Which attributes synthetic clips are drawn from (null: all of them, see opensora_core.vocabulary)."""
     colors: list[str] | None = None
     motions: list[str] | None = None
     backgrounds: list[str] | None = None
@@ -88,8 +83,6 @@ class SyntheticVocabConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_names(self) -> SyntheticVocabConfig:
-        from opensora_core.data.synthetic import Vocabulary  # numpy only: cheap, and the names live there
-
         Vocabulary.from_config(self)
         return self
 
@@ -303,174 +296,3 @@ class Config(_Strict):
 
         walk("", self.model_dump(mode="json"))
         return out
-
-
-class RunPaths:
-    """Where each stage reads and writes, under the run directory: one place, so stages agree."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.raw_dir = self.root / "data" / "raw"              # prepare: videos/ + manifest.csv + rejects.csv
-        self.videos_dir = self.raw_dir / "videos"
-        self.raw_manifest = self.raw_dir / "manifest.csv"
-        self.rejects = self.raw_dir / "rejects.csv"
-        self.manifest = self.root / "data" / "manifest.csv"    # caption: captioned clips with a split column
-        self.encoders_dir = self.root / "encoders"
-        self.vae_dir = self.encoders_dir / "vae"               # tiny preset: AutoencoderKL trained by the pipeline
-        self.text_encoder_dir = self.encoders_dir / "text_encoder"
-        self.eval_dir = self.root / "eval"
-        self.metrics = self.eval_dir / "metrics.json"
-
-    def cache_dir(self, stage: str) -> Path:
-        return self.root / "cache" / stage
-
-    def ckpt_dir(self, stage: str) -> Path:
-        return self.root / "checkpoints" / stage
-
-
-# --------------------------------------------------------------------------------------------------------
-# Loading
-
-
-def _deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if value is None:
-            continue  # null in the top-level sections means "keep the preset's value"
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def _unknown_null_keys(override: dict, model: type[BaseModel], prefix: str = "") -> list[str]:
-    """Dotted keys of `override` that are null and that `model` does not know: `_deep_merge` drops nulls (keep
-    the preset's value), so without this a misspelt `lerning_rate: null` would vanish instead of failing."""
-    found = []
-    for key, value in override.items():
-        field = model.model_fields.get(key) if isinstance(key, str) else None
-        if field is None:
-            found += [f"{prefix}{key}"] if value is None else []  # non-null unknown keys fail validation anyway
-            continue
-        inner = field.annotation
-        if typing.get_origin(inner) is dict:  # stages: name -> StageConfig
-            inner = typing.get_args(inner)[1]
-            for name, sub in (value or {}).items() if isinstance(value, dict) else ():
-                if isinstance(sub, dict):
-                    found += _unknown_null_keys(sub, inner, f"{prefix}{key}.{name}.")
-        elif isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, BaseModel):
-            found += _unknown_null_keys(value, inner, f"{prefix}{key}.")
-    return found
-
-
-def _parse_value(text: str) -> Any:
-    """`key=value` values are YAML scalars/lists: `2e-5`, `true`, `[1,2,2]`, `null`, `bf16`."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads 2e-5 as a string; accept it as the float a user meant
-            return float(value) if any(c.isdigit() for c in value) and value.lower().count("e") == 1 else value
-        except ValueError:
-            return value
-    return value
-
-
-def apply_overrides(tree: dict, overrides: list[str], source: str = "command line") -> dict:
-    tree = copy.deepcopy(tree)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: override {item!r} is not key=value (e.g. train.lr=2e-5)")
-        key, text = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = tree
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                if part in node:
-                    raise ConfigError(f"{source}: {key}: {part!r} is not a section")
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = _parse_value(text)
-    return tree
-
-
-def _format_error(err: ValidationError, path: Path) -> str:
-    lines = [f"invalid parameters in {path}:"]
-    for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {field}: {msg}" + (f" (got {e['input']!r})" if e["type"] != "extra_forbidden" and not isinstance(e.get("input"), dict) else ""))
-    return "\n".join(lines)
-
-
-def _format_yaml_error(err: yaml.YAMLError, path: Path) -> str:
-    """One line: where (line, column) and what PyYAML found, e.g. "line 3, column 7: expected ',' or ']'"."""
-    mark = getattr(err, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    what = " ".join(str(getattr(err, "problem", None) or err).split())
-    return f"{path} is not valid YAML: {where}{what}"
-
-
-def params_path(path: str | Path | None = None) -> tuple[Path, Path]:
-    """(params file, project root): the given file and the project it lives in (the nearest folder upward holding
-    a params.yaml, else its own folder), or the project's params.yaml. Raises ConfigError outside any project."""
-    if path:
-        path = Path(path).expanduser().resolve()
-        return path, project.find_root(path) or path.parent
-    root = project.find_root()
-    if root is None:
-        raise ConfigError(project.NOT_FOUND)
-    return root / project.PARAMS_FILE, root
-
-
-def load_config(path: str | Path | None = None, preset: str | None = None, overrides: list[str] | None = None) -> Config:
-    """Read params.yaml (default: the project's, see opensora_core.project), pick the preset, apply overrides,
-    validate. Raises ConfigError naming field and file."""
-    path, root = params_path(path)
-    try:
-        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"parameters file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"parameters file {path} is a directory") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(_format_yaml_error(e, path)) from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    allowed_top = {"preset", "seed", "presets", *OVERRIDABLE_SECTIONS}
-    unknown = sorted(set(raw) - allowed_top, key=str)
-    if unknown:
-        raise ConfigError(f"invalid parameters in {path}:\n  {unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed_top))})")
-    # command-line overrides may also choose the preset
-    overrides = list(overrides or [])
-    top_over = apply_overrides({k: v for k, v in raw.items() if k != "presets"}, overrides)
-    chosen = top_over.get("preset")
-    name = preset or ("tiny" if chosen is None else chosen)  # `preset: 0` or `preset: {}` is an error, not tiny
-    presets = raw.get("presets") or {}
-    if not isinstance(presets, dict):
-        raise ConfigError(f"invalid parameters in {path}:\n  presets: expected a mapping of preset names to sections (got {presets!r:.60})")
-    if not isinstance(name, str) or name not in presets:
-        raise ConfigError(f"invalid parameters in {path}:\n  preset: unknown preset {name!r:.60} (have {', '.join(map(str, presets)) or 'none: no presets section'})")
-    if not isinstance(presets[name], dict):
-        raise ConfigError(f"invalid parameters in {path}:\n  presets.{name}: expected a mapping of sections (got {presets[name]!r:.60})")
-    sections = {k: v for k, v in top_over.items() if k in OVERRIDABLE_SECTIONS}
-    unknown = _unknown_null_keys(sections, Config)
-    if unknown:
-        raise ConfigError(f"invalid parameters in {path}:\n  {unknown[0]}: unknown key")
-    tree = _deep_merge(presets[name], sections)
-    tree["preset"] = name
-    tree["seed"] = top_over.get("seed", 42)
-    try:
-        cfg = Config.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(_format_error(e, path)) from None
-    cfg._project_dir = root
-    return cfg
-
-
-def config_from_json(text: str) -> Config:
-    """Rebuild a resolved config (as stored in checkpoints and MLflow) without params.yaml."""
-    return Config.model_validate(json.loads(text))

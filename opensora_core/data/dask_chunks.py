@@ -1,25 +1,26 @@
-"""The data stages' parallel work cut into a few large chunks per Dask worker, and the code the workers run.
+"""The code a Dask worker runs for the data stages: a chunk of files to probe, of batches to encode, of clips to
+caption; and the chunking rule.
 
-A Prefect task run per small unit (4 files, one shard) cost ~0.5 s on a worker that was up, and ~30 s for a fresh
-worker's first (it starts a temporary Prefect API server of its own), against 10-70 ms of work per tiny clip
-(benchmarks/dask_overhead.py). So flows/data_prep.py runs each step as one Prefect task that submits
-`chunk_ranges` of the items as plain Dask futures through prefect_dask.get_dask_client(): a future costs ~12 ms,
-and each worker gets a few chunks (more than one, so a slow worker does not hold up the rest, and an interrupted
-ingest keeps what finished).
-
-Nothing here imports Prefect: a worker imports this module to run a chunk. Models load once per worker process.
+Work goes to the workers as a few large chunks per worker, as plain Dask futures (opensora_core.data.parallel):
+a Prefect task run per small unit costs far more than the work of a tiny clip (docs/results.md, Dask data prep).
+Each worker gets a few chunks (more than one, so a slow worker does not hold up the rest, and an interrupted
+ingest keeps what finished). Nothing here imports Prefect. Models load once per worker process. Heavy imports
+(torch, the encoders, PyAV) happen inside the chunk functions: a worker pays them once, on its first chunk, and
+the seconds are reported as the chunk's setup time.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 CHUNKS_PER_WORKER = 4  # data.dask_chunks_per_worker's default
 # from_pretrained (meta-device init) is not thread-safe: one model load at a time per worker process, encoders and
-# captioners alike (flows/data_prep.py takes it too)
+# captioners alike
 LOAD_LOCK = threading.Lock()
 
 
@@ -109,3 +110,25 @@ def merge_pieces(parts: list[Path], out: Path) -> None:
     save_file({k: torch.cat([t[k] for t in loaded]).contiguous() for k in loaded[0]}, str(out))
     for p in parts:
         p.unlink()
+
+
+def caption_chunk(rows: list[dict], captioner: Any) -> list[str]:
+    """One batch of manifest rows -> one caption each. `captioner`: a Captioner object or (name, kwargs)."""
+    cap = _load_captioner(captioner) if isinstance(captioner, tuple) else captioner
+    texts = cap.caption(rows)
+    if len(texts) != len(rows):
+        raise RuntimeError(f"captioner {cap.name} returned {len(texts)} captions for {len(rows)} clips")
+    return texts
+
+
+def _load_captioner(spec: tuple[str, dict]):
+    with LOAD_LOCK:
+        return _captioner(spec[0], json.dumps(spec[1], sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _captioner(name: str, kwargs_json: str):
+    """One captioner per worker process (a VLM loads once, not once per batch)."""
+    from opensora_core.data.caption import build_captioner
+
+    return build_captioner(name, **json.loads(kwargs_json))
