@@ -75,7 +75,9 @@ def bundled_or_project(root: Path, value: str | Path) -> Path:
 # ------------------------------------------------------------------------------------------------------
 # `opensora init`
 
-TEMPLATE_FILES = {"params.yaml": "params.yaml", "dvc.yaml": "dvc.yaml"}  # written exactly; never overwritten
+# written exactly; never overwritten. The templates are links to this repository's own params.yaml and dvc.yaml
+# (one source; a build copies their content), named so that no copy of them is ever collected as a DVC pipeline.
+TEMPLATE_FILES = {"params.yaml": "params.yaml.template", "dvc.yaml": "dvc.yaml.template"}
 IGNORE_FILES = {".gitignore": "gitignore", ".dvcignore": "dvcignore"}    # merged: missing lines are appended
 PRESETS = ("tiny", "opensora-1.0")
 
@@ -85,7 +87,8 @@ class InitConflict(ValueError):
 
 
 def template_text(name: str, preset: str = "tiny") -> str:
-    text = resource("template", name).read_text()
+    """What `opensora init` writes to the project file `name` (params.yaml: with `preset` chosen)."""
+    text = resource("template", TEMPLATE_FILES[name]).read_text()
     if name == "params.yaml":
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r} (have {', '.join(PRESETS)})")
@@ -117,7 +120,7 @@ def init_project(folder: str | Path, preset: str = "tiny", dvc_command: list[str
     import sys
 
     root = Path(folder).expanduser().resolve()
-    wanted = {dest: template_text(src, preset) for dest, src in TEMPLATE_FILES.items()}
+    wanted = {dest: template_text(dest, preset) for dest in TEMPLATE_FILES}
     for dest, text in wanted.items():
         path = root / dest
         if path.exists() and path.read_text() != text:

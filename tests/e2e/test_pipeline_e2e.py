@@ -31,7 +31,7 @@ def test_the_installed_tool_is_the_wheel_not_this_checkout(installed, clone):
     root, _ = clone
     out = sh([sys.executable, "-c", "import opensora_core, flows; print(opensora_core.__file__, flows.__file__)"], root, env)
     assert out.stdout.split() == [str(site / "opensora_core" / "__init__.py"), str(site / "flows" / "__init__.py")]
-    assert (site / "opensora_core" / "resources" / "template" / "params.yaml").is_file()
+    assert (site / "opensora_core" / "resources" / "template" / "params.yaml.template").is_file()
 
 
 def test_config_show_works_from_a_subfolder_of_the_project(clone):

@@ -131,15 +131,34 @@ def test_init_keeps_existing_ignore_lines_and_adds_its_own(tmp_path):
     assert lines[0] == "secrets.env" and "mlflow.db" in lines
 
 
-def test_this_repository_is_the_project_init_writes():
-    """The repo's params.yaml and dvc.yaml are the shipped template: a user's project runs what CI runs."""
+def test_the_shipped_template_is_this_repositorys_own_params_and_pipeline():
+    """One source: `opensora init` writes this repository's params.yaml and dvc.yaml (the packaged templates link
+    to them; a build copies their content), so a user's project runs what CI runs."""
+    for name, shipped in project.TEMPLATE_FILES.items():
+        assert project.resource("template", shipped).resolve() == (REPO / name).resolve()
+        assert project.template_text(name) == (REPO / name).read_text()
+
+
+def test_no_copy_of_the_template_is_ever_a_dvc_pipeline(tmp_path):
+    """Wherever a build puts the package (`pip wheel .` leaves build/lib/opensora_core/...), DVC must not take the
+    template for a second pipeline (its outputs would always be missing: `dvc status` never clean, `dvc repro`
+    running it): it ships under a name DVC does not collect."""
+    import shutil
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, timeout=120)
     for name in ("params.yaml", "dvc.yaml"):
-        assert (REPO / name).read_text() == project.template_text(name), f"{name} differs from opensora_core/resources/template/{name}"
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "opensora_core" / "resources", tmp_path / "build" / "lib" / "opensora_core" / "resources")
+    (tmp_path / ".dvcignore").unlink(missing_ok=True)  # not even the repository's ignore list is needed
+    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "resources/template" not in out.stdout and "build" not in out.stdout
+    assert out.stdout.split()[0] == "prepare"
 
 
-def test_dvc_sees_only_this_repositorys_own_pipeline_not_the_templates_copy():
-    """The template's dvc.yaml ships inside the package; in this repository DVC must not take it for a second
-    pipeline (its outputs would always be missing: `dvc status` never clean, `dvc repro` running it)."""
+def test_dvc_sees_only_this_repositorys_own_pipeline():
     out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "resources/template" not in out.stdout
