@@ -23,7 +23,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/opensora demo
 
+# the import layers first (seconds; pyproject.toml [tool.importlinter]), then the suite
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q tests
 
 test-fast: $(STAMP)

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from opensora_core.config import load_config
-from opensora_core.train import checkpoint as ckpt
-from opensora_core.train.init import build_stage_model
-from opensora_core.train.integrity import verify_checkpoint
+from opensora_core import checkpoint as ckpt
+from opensora_core.models.stage import build_stage_model
+from opensora_core.checkpoint.integrity import verify_checkpoint
 
 if __name__ == "__main__":
     model = build_stage_model(load_config(), "finetune_512")

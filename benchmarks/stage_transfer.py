@@ -30,8 +30,9 @@ def main() -> None:
     from opensora_core.eval import metrics as M
     from opensora_core.eval.evaluation import sample_seeds
     from opensora_core.eval.prompts import heldout_rows
-    from opensora_core.train.checkpoint import load_ema_weights
-    from opensora_core.train.init import build_stage_model, load_carried_weights
+    from opensora_core.checkpoint import load_ema_weights
+    from opensora_core.models.stage import build_stage_model
+    from opensora_core.train.init import load_carried_weights
 
     base = load_config()
     scales = [float(v) for v in args.time_scales.split(",")] if args.time_scales else [base.stage(args.at).time_scale]

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         except (OSError, ValueError) as e:
             fail(str(e))
         out = out or checkpoint / "samples"
-        from opensora_core.train.checkpoint import CheckpointError
+        from opensora_core.checkpoint import CheckpointError
 
         try:
             records = sample_checkpoint(checkpoint, texts, out, cfg_scale=cfg_scale, steps=steps, seed=seed,

@@ -39,13 +39,14 @@ def register(app: typer.Typer) -> None:
         rank = os.environ.get("RANK", "0")
         logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S", stream=_Stderr(),
                             format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-        from opensora_core.train.checkpoint import CheckpointError
+        from opensora_core.checkpoint import CheckpointError
+        from opensora_core.eval.watch import TrainingWatcher
         from opensora_core.train.loop import NonFiniteLossError, Terminated, train_stage
 
-        from opensora_core.train.dcp_checkpoint import EngineMismatchError
+        from opensora_core.checkpoint import EngineMismatchError
 
         try:
-            summary = train_stage(cfg, stage, track=not no_track)
+            summary = train_stage(cfg, stage, track=not no_track, watcher=TrainingWatcher.for_stage)
         except EngineMismatchError as e:
             fail(str(e))
         except NonFiniteLossError as e:

@@ -160,7 +160,7 @@ class TrainConfig(_Strict):
     # the cap on the "v" weight 1 + 1/SNR (the noisiest steps would otherwise weigh up to 25000x the clean ones)
     max_loss_weight: float = Field(1000.0, ge=1)
     processes: int = Field(1, gt=0)
-    # Watching training (opensora_core.train.watch): every `sample_every` steps (0 = never) rank 0 samples
+    # Watching training (opensora_core.eval.watch): every `sample_every` steps (0 = never) rank 0 samples
     # `sample_prompts` fixed held-out prompts with the EMA weights and logs a gif grid and adherence metrics.
     sample_every: int = Field(0, ge=0)
     sample_prompts: int = Field(8, gt=0)
@@ -172,7 +172,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _watching_needs_whole_weights(self) -> TrainConfig:
         if self.engine == "fsdp" and self.sample_every:
-            # rank 0 samples alone with the EMA weights; FSDP shards them across ranks (train/watch.py)
+            # rank 0 samples alone with the EMA weights; FSDP shards them across ranks (eval/watch.py)
             raise ValueError("sample_every > 0 is not supported with engine fsdp yet (the EMA weights are sharded); "
                              "set train.sample_every=0 or evaluate the checkpoints")
         return self

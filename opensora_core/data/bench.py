@@ -98,7 +98,7 @@ def run_data_benchmark(cfg, stage: str, steps: int = 5, warmup: int = 1, batch_s
     from opensora_core.data.cache import LatentCacheDataset, build_latent_cache
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.diffusion import IDDPM
-    from opensora_core.train.init import build_stage_model, latent_size
+    from opensora_core.models.stage import build_stage_model, latent_size
 
     if threads:
         torch.set_num_threads(threads)  # tiny ops: steadier on a shared machine (both modes alike)

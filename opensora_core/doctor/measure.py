@@ -56,8 +56,10 @@ def _cpu_peak_during(fn) -> int:
 def measure_step_peak(cfg: Config, stage: str, device: str = "cpu") -> int:
     """Peak bytes of one training step of `stage` (random latents and captions of the stage's shapes)."""
     from opensora_core.train.ema import EMA
-    from opensora_core.train.engine import DistEnv, TorchEngine
-    from opensora_core.train.init import build_stage_model, latent_size, training_diffusion
+    from opensora_core.train.distributed import DistEnv
+    from opensora_core.train.engines import TorchEngine
+    from opensora_core.diffusion.training import training_diffusion
+    from opensora_core.models.stage import build_stage_model, latent_size
     from opensora_core.train.precision import LossScaler, autocast
 
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ KNOWN_ENCODER_PARAMS = {
 def model_shape(cfg: Config, stage: str) -> ModelShape:
     import torch
 
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.models.stage import build_stage_model
 
     with torch.device("meta"):
         model = build_stage_model(cfg, stage)
@@ -86,7 +86,7 @@ def encoder_load(cfg: Config, stage: str) -> EncoderLoad | None:
 def workload(cfg: Config, stage: str, gpus: int | None = None, engine: str | None = None,
              shape: ModelShape | None = None) -> Workload:
     """The per-GPU workload of `stage` on `gpus` ranks (default: train.processes)."""
-    from opensora_core.train.init import latent_size
+    from opensora_core.models.stage import latent_size
 
     st = cfg.stage(stage)
     return Workload(model=shape or model_shape(cfg, stage), batch=st.batch_size, latent=latent_size(cfg, stage),
@@ -118,7 +118,7 @@ def clip_count(cfg: Config) -> int | None:
 def disk_needs(cfg: Config, stages: list[str], shapes: dict[str, ModelShape] | None = None) -> list[DiskNeed]:
     """What the stages write under run_dir: latent caches (fp32 latents + caption embeddings + mask per clip) and
     checkpoints (model + EMA safetensors and the AdamW state, keep_last of them plus one being written)."""
-    from opensora_core.train.init import latent_size
+    from opensora_core.models.stage import latent_size
 
     needs = []
     clips = clip_count(cfg)

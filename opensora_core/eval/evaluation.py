@@ -29,22 +29,22 @@ log = logging.getLogger(__name__)
 
 def trained_stages(cfg: Config) -> list[str]:
     """Stages (pipeline order) that have a complete checkpoint."""
-    from opensora_core.train.checkpoint import read_latest
+    from opensora_core.checkpoint import read_latest
 
     return [s for s in cfg.stage_names() if read_latest(cfg.paths.ckpt_dir(s)) is not None]
 
 
 def step0_model(cfg: Config, stage: str):
     """The untrained model, initialised exactly as training starts it (seed cfg.seed, rank 0), at `stage`'s size."""
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.models.stage import build_stage_model
 
     torch.manual_seed(cfg.seed)
     return build_stage_model(cfg, stage).eval()
 
 
 def stage_model(cfg: Config, stage: str):
-    from opensora_core.train.checkpoint import load_ema_weights
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.checkpoint import load_ema_weights
+    from opensora_core.models.stage import build_stage_model
 
     model = build_stage_model(cfg, stage)
     model.load_state_dict(load_ema_weights(cfg.paths.ckpt_dir(stage)))

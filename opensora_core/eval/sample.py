@@ -48,8 +48,8 @@ def load_checkpoint_model(checkpoint: str | Path, use_ema: bool = True):
     built from the config and stage stored in its meta.json, so no params.yaml is needed.
     """
     from opensora_core.config import config_from_json
-    from opensora_core.train.checkpoint import META, load_weights, resolve_checkpoint
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.checkpoint import META, load_weights, resolve_checkpoint
+    from opensora_core.models.stage import build_stage_model
 
     path = Path(checkpoint)
     try:  # verified like a resume: a damaged `latest` falls back to the newest complete checkpoint, warning

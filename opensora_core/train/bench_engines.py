@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 
 from opensora_core.models.benchmark import CPU_SHAPES, GPU_SHAPES, BenchShape
-from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
+from opensora_core.train.distributed import destroy_distributed, init_distributed
+from opensora_core.train.engines import make_engine
 from opensora_core.train.precision import LossScaler
 
 

@@ -18,21 +18,25 @@ import signal
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from opensora_core.config import Config
-from opensora_core.train import checkpoint as ckpt
-from opensora_core.train import dcp_checkpoint
+from opensora_core import checkpoint as ckpt
+from opensora_core.checkpoint import sharded
 from opensora_core.train.data import build_train_data
 from opensora_core.train.ema import EMA
-from opensora_core.train.engine import destroy_distributed, init_distributed, make_engine
-from opensora_core.train.init import build_stage_model, init_weights, latent_size, training_diffusion
-from opensora_core.train.metrics import MetricsLog, Throughput, memory_mb, peak_tflops
+from opensora_core.train.distributed import destroy_distributed, init_distributed
+from opensora_core.train.engines import make_engine
+from opensora_core.diffusion.training import training_diffusion
+from opensora_core.models.stage import build_stage_model, latent_size
+from opensora_core.train.init import init_weights
+from opensora_core.tracking import MetricsLog
+from opensora_core.train.metrics import COLUMNS, Throughput, memory_mb, peak_tflops
 from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, all_ranks_any, autocast
-from opensora_core.train.watch import TrainingWatcher
 
 log = logging.getLogger("opensora.train")
 
@@ -61,6 +65,9 @@ class _StopRequest:
             self.signum = signal.SIGTERM
         return any_rank
 
+
+# (cfg, stage, out_dir, mlflow run, device, resume step) -> an object with `maybe_run(step, ema)`, or None
+WatcherFactory = Callable[..., Any]
 
 def _agree(loss: torch.Tensor, stop: _StopRequest, device) -> tuple[bool, bool]:
     """(some rank's loss is NaN/inf, some rank was asked to stop), in one all-reduce."""
@@ -156,25 +163,32 @@ def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: 
             raise
 
 
-def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None) -> dict[str, Any]:
+def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None,
+                watcher: WatcherFactory | None = None) -> dict[str, Any]:
     """Train `stage` of `cfg` to `max_steps` (resuming if a checkpoint exists); returns the final summary
     (also written to `cfg.paths.ckpt_dir(stage)/final.json` by rank 0).
 
-    `dataset` replaces the configured data source (tests). Raises NonFiniteLossError after
-    `train.nan_patience` consecutive NaN/inf losses, Terminated on SIGTERM/SIGINT.
+    `dataset` replaces the configured data source (tests). `watcher` builds rank 0's sampler during training
+    when `train.sample_every` > 0 (opensora_core.eval.watch.TrainingWatcher.for_stage: the caller hands it in,
+    so training does not depend on evaluation). Raises NonFiniteLossError after `train.nan_patience`
+    consecutive NaN/inf losses, Terminated on SIGTERM/SIGINT.
     """
+    if cfg.train.sample_every and watcher is None:
+        raise ValueError(f"train.sample_every={cfg.train.sample_every} needs a watcher: pass "
+                         "watcher=opensora_core.eval.watch.TrainingWatcher.for_stage (the `opensora train` command does)")
     stop = _StopRequest()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     env = init_distributed(timeout_s=cfg.train.collective_timeout_s)
     try:
-        return _train(cfg, stage, env, track and env.is_main, dataset, stop)
+        return _train(cfg, stage, env, track and env.is_main, dataset, stop, watcher)
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         destroy_distributed()
 
 
-def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopRequest) -> dict[str, Any]:
+def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopRequest,
+           make_watcher: WatcherFactory | None) -> dict[str, Any]:
     st, tc = cfg.stage(stage), cfg.train
     out_dir = cfg.paths.ckpt_dir(stage)
     sp_size = st.sp_size
@@ -188,15 +202,15 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
     resume_from = ckpt.resume_point(out_dir)  # verified; a damaged `latest` falls back with a warning
     meta = ckpt.load_meta(resume_from) if resume_from else None
     # a sharded (fsdp) checkpoint loads after sharding, in engine.load_state; the others load here
-    sharded = resume_from is not None and dcp_checkpoint.check_engine(resume_from, tc.engine)
+    resume_sharded = resume_from is not None and sharded.check_engine(resume_from, tc.engine)
     model = build_stage_model(cfg, stage)
     init_desc = f"resume:{resume_from.name}" if resume_from else init_weights(model, cfg, stage)
-    if resume_from and not sharded:
+    if resume_from and not resume_sharded:
         model.load_state_dict(ckpt.load_model_state(resume_from))
     engine = make_engine(tc.engine, env, tc)
     train_model = engine.prepare(model)  # moves `model` to its device (and gives every rank rank 0's weights)
     ema = EMA(model, tc.ema_decay)  # after prepare: the shadow lives where the weights it averages live
-    if resume_from and not sharded:
+    if resume_from and not resume_sharded:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
     if sp_size > 1:
         from opensora_core.parallel.sequence import enable_sequence_parallel
@@ -262,9 +276,9 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
         run_id = tracker.run_id if tracker else (meta.mlflow_run_id if meta else None)
         if tracker and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
             _log_dataset(clips, dataset)
-        metrics = MetricsLog(out_dir, tracker, resume_step=step) if env.is_main else None
+        metrics = MetricsLog(out_dir, tracker, resume_step=step, columns=COLUMNS) if env.is_main else None
         # rank 0 samples between steps, no collective: the other ranks wait in the next step's all-reduce (watch.py)
-        watcher = TrainingWatcher.for_stage(cfg, stage, out_dir, tracker, env.device, step) if env.is_main else None
+        watcher = make_watcher(cfg, stage, out_dir, tracker, env.device, step) if env.is_main and make_watcher else None
         if watcher:  # at step 0 of a fresh job: the chart's first point
             watcher.maybe_run(step, ema)
         t_start, last_loss = time.perf_counter(), float("nan")

@@ -43,7 +43,7 @@ def test_v_weighting_is_capped_at_the_highest_noise_levels():
 
 def test_the_v_weight_cap_is_train_max_loss_weight():
     from opensora_core.config import ConfigError, load_config
-    from opensora_core.train.init import training_diffusion
+    from opensora_core.diffusion.training import training_diffusion
 
     d = training_diffusion(load_config(overrides=["train.loss_weighting=v", "train.max_loss_weight=20"]))
     ab = d.alphas_cumprod.double()

@@ -45,7 +45,7 @@ def test_prediction_is_within_25_percent_of_the_measured_peak_of_a_training_step
 
 
 def test_parameter_counts_are_the_built_models():
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.models.stage import build_stage_model
 
     cfg = tiny()
     model = build_stage_model(cfg, "finetune_64f")

@@ -16,8 +16,8 @@ def tiny_run(tmp_path_factory):
     from opensora_core.config import load_config
     from opensora_core.data.manifest import read_manifest, write_manifest
     from opensora_core.data.synthetic import generate_synthetic
-    from opensora_core.train.checkpoint import TrainState, save_checkpoint
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.checkpoint import TrainState, save_checkpoint
+    from opensora_core.models.stage import build_stage_model
 
     root = tmp_path_factory.mktemp("run")
     cfg = load_config(overrides=[

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from opensora_core.train import checkpoint as ckpt
+from opensora_core import checkpoint as ckpt
 
 # the tiny model and latent cache of the training tests (tests/train/conftest.py), loaded under its own name
 _spec = importlib.util.spec_from_file_location("train_testkit", Path(__file__).parents[1] / "train" / "conftest.py")

@@ -14,9 +14,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import opensora_core.train.checkpoint as ckpt
+import opensora_core.checkpoint as ckpt
 from opensora_core.cli import app
-from opensora_core.train.integrity import verify_checkpoint
+from opensora_core.checkpoint.integrity import verify_checkpoint
 from opensora_core.train.loop import train_stage
 
 from faults_support import (PARAMS, REPO, STAGE, RandomLatents, flip_last_byte, tiny_config, tiny_overrides, tree,
@@ -44,7 +44,7 @@ DAMAGE = {  # what can be wrong with the latest checkpoint -> the words the warn
 
 
 def test_meta_records_size_and_checksum_of_every_file_including_subfolders(tmp_path, monkeypatch):
-    real_save_file = ckpt.save_file
+    real_save_file = ckpt.write.save_file
 
     def save_with_engine_folder(tensors, path):  # an engine (e.g. DCP) adding its own folder to the step dir
         real_save_file(tensors, path)
@@ -53,7 +53,7 @@ def test_meta_records_size_and_checksum_of_every_file_including_subfolders(tmp_p
         with open(shard, "wb") as f:
             f.write(os.urandom(4096))
 
-    monkeypatch.setattr(ckpt, "save_file", save_with_engine_folder)
+    monkeypatch.setattr(ckpt.write, "save_file", save_with_engine_folder)
     d = _save(tmp_path, 1)
     files = ckpt.load_meta(d).files
     assert set(files) == {"model.safetensors", "ema.safetensors", "optimizer.pt", "rng_rank0.pt", "dcp/__0_0.distcp"}
@@ -69,7 +69,7 @@ def test_damaged_latest_falls_back_to_previous_complete_checkpoint_with_a_warnin
     latest = _save(tmp_path, 2)
     spoil, words = DAMAGE[damage]
     spoil(latest)
-    with caplog.at_level(logging.WARNING, logger="opensora_core.train.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="opensora_core.checkpoint.read"):
         assert ckpt.resume_point(tmp_path) == tmp_path / "step_0000001"
     warning = caplog.text
     assert words in warning and "step_0000002" in warning and "using step_0000001 instead" in warning

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import opensora_core.train.checkpoint as ckpt
+import opensora_core.checkpoint as ckpt
 from opensora_core.train.loop import train_stage
 
 from conftest import STAGE, RandomLatents, tiny_config
@@ -22,21 +22,21 @@ def _save(root, step, keep_last=2):
 
 def test_kill_during_save_leaves_latest_on_previous_complete_checkpoint(tmp_path, monkeypatch):
     _save(tmp_path, 1)
-    real_save_file = ckpt.save_file
+    real_save_file = ckpt.write.save_file
 
     def die_after_model(tensors, path):  # the EMA write "crashes" the process mid-checkpoint
         if path.endswith("ema.safetensors"):
             raise KeyboardInterrupt("killed during save")
         real_save_file(tensors, path)
 
-    monkeypatch.setattr(ckpt, "save_file", die_after_model)
+    monkeypatch.setattr(ckpt.write, "save_file", die_after_model)
     with pytest.raises(KeyboardInterrupt):
         _save(tmp_path, 2)
     latest = ckpt.read_latest(tmp_path)
     assert latest.name == "step_0000001"
     assert ckpt.load_model_state(latest)["w"][0, 0] == 1.0
     assert not (tmp_path / "step_0000002").exists()  # the half-written one never got its final name
-    monkeypatch.setattr(ckpt, "save_file", real_save_file)
+    monkeypatch.setattr(ckpt.write, "save_file", real_save_file)
     _save(tmp_path, 2)  # the next save cleans the leftover temp dir
     assert ckpt.read_latest(tmp_path).name == "step_0000002"
     assert not list(tmp_path.glob(".tmp-*"))

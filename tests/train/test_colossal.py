@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from opensora_core.train import checkpoint as ckpt
+from opensora_core import checkpoint as ckpt
 
 from conftest import STAGE, tiny_config
 

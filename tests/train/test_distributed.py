@@ -11,7 +11,7 @@ import psutil
 import pytest
 import torch
 
-from opensora_core.train import checkpoint as ckpt
+from opensora_core import checkpoint as ckpt
 from opensora_core.train.launcher import build_command, launch, train_args
 
 from conftest import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache

@@ -12,8 +12,8 @@ import subprocess
 import pytest
 import torch
 
-from opensora_core.train import checkpoint as ckpt
-from opensora_core.train import dcp_checkpoint
+from opensora_core import checkpoint as ckpt
+from opensora_core.checkpoint import sharded
 from opensora_core.train.launcher import build_command, launch
 
 from conftest import STAGE, tiny_config
@@ -54,13 +54,14 @@ def test_fsdp_on_2_ranks_matches_ddp_loss_for_loss(runs):
 
 def test_fsdp_checkpoint_is_a_dcp_folder_loadable_by_sample_and_the_next_stage(runs):
     from opensora_core.eval.sample import load_checkpoint_model
-    from opensora_core.train.init import build_stage_model, init_weights
+    from opensora_core.models.stage import build_stage_model
+    from opensora_core.train.init import init_weights
 
     step_dir = ckpt.read_latest(runs["fsdp"].paths.ckpt_dir(STAGE))
-    assert dcp_checkpoint.is_sharded(step_dir) and not (step_dir / "model.safetensors").exists()
+    assert sharded.is_sharded(step_dir) and not (step_dir / "model.safetensors").exists()
     assert sorted(p.name for p in (step_dir / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     model, _, stage, _ = load_checkpoint_model(step_dir)  # strict load_state_dict, no process group
-    ema = dcp_checkpoint.load_full(step_dir, "ema")
+    ema = sharded.load_full(step_dir, "ema")
     assert stage == STAGE and all(torch.equal(v, ema[k]) for k, v in model.state_dict().items() if k in ema)
     nxt = build_stage_model(runs["fsdp"], "finetune_512")
     assert init_weights(nxt, runs["fsdp"], "finetune_512").startswith(STAGE)
@@ -82,7 +83,7 @@ def test_killed_fsdp_job_resumes_to_identical_weights(runs):
     b = ckpt.read_latest(cfg.paths.ckpt_dir(STAGE))
     assert a.name == b.name == ckpt.step_dir_name(STEPS)
     for key in ("model", "ema", "optimizer"):
-        wa, wb = dcp_checkpoint.load_full(a, key), dcp_checkpoint.load_full(b, key)
+        wa, wb = sharded.load_full(a, key), sharded.load_full(b, key)
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), key
 
 
@@ -92,8 +93,9 @@ def test_2_rank_checkpoint_loads_exactly_on_1_rank(runs, monkeypatch):
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     from opensora_core.train.ema import EMA
-    from opensora_core.train.engine import DistEnv, make_engine
-    from opensora_core.train.init import build_stage_model
+    from opensora_core.train.distributed import DistEnv
+    from opensora_core.train.engines import make_engine
+    from opensora_core.models.stage import build_stage_model
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,7 +109,7 @@ def test_2_rank_checkpoint_loads_exactly_on_1_rank(runs, monkeypatch):
         ema = EMA(model, cfg.train.ema_decay)
         optimizer = engine.make_optimizer(model, 1e-3)
         engine.load_state(step_dir, model, optimizer, ema)
-        saved = {key: dcp_checkpoint.load_full(step_dir, key) for key in ("model", "ema", "optimizer")}
+        saved = {key: sharded.load_full(step_dir, key) for key in ("model", "ema", "optimizer")}
         weights = {k: v.full_tensor() for k, v in model.state_dict().items() if hasattr(v, "full_tensor")}
         assert weights and all(torch.equal(w, saved["model"][k]) for k, w in weights.items())
         shadow = {k: v.full_tensor() for k, v in ema.shadow.items() if hasattr(v, "full_tensor")}
@@ -146,8 +148,8 @@ def test_resharded_resume_continues_the_global_sample_order(runs):
 def test_torch_engine_refuses_an_fsdp_checkpoint_with_a_clear_error(runs):
     step_dir = ckpt.read_latest(runs["fsdp"].paths.ckpt_dir(STAGE))
     with pytest.raises(ValueError, match="written by train.engine=fsdp"):
-        dcp_checkpoint.check_engine(step_dir, "torch")
-    assert dcp_checkpoint.check_engine(step_dir, "fsdp")
+        sharded.check_engine(step_dir, "torch")
+    assert sharded.check_engine(step_dir, "fsdp")
 
 
 def test_fsdp_on_2_ranks_holds_half_the_model_state_per_rank_of_ddp():

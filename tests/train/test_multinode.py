@@ -14,7 +14,7 @@ import threading
 import pytest
 import torch
 
-from opensora_core.train import checkpoint as ckpt
+from opensora_core import checkpoint as ckpt
 from opensora_core.train.launcher import build_command, launch
 
 from conftest import STAGE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opensora_core.train import checkpoint as ckpt
+from opensora_core import checkpoint as ckpt
 from opensora_core.train.loop import train_stage
 from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError
 

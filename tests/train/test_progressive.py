@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from opensora_core.models.layers import spatial_pos_embed
-from opensora_core.train.checkpoint import load_ema_weights
-from opensora_core.train.init import build_stage_model, init_source, init_weights
+from opensora_core.checkpoint import load_ema_weights
+from opensora_core.models.stage import build_stage_model
+from opensora_core.train.init import init_source, init_weights
 from opensora_core.train.loop import train_stage
 
 from conftest import STAGE, RandomLatents, tiny_config

@@ -50,7 +50,7 @@ def test_the_run_and_every_checkpoint_name_the_clips_that_trained_them(tmp_path,
     import pandas as pd
 
     from opensora_core.data.manifest import write_manifest
-    from opensora_core.train.checkpoint import load_meta
+    from opensora_core.checkpoint import load_meta
 
     cfg = tiny_config(tmp_path / "run", **{f"stages.{STAGE}.max_steps": 2, "train.ckpt_every": 1})
     clips = pd.DataFrame({"path": [f"videos/c{i}.mp4" for i in range(4)], "text": ["a", "b", "c", "held out"],

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from opensora_core.config import ConfigError
+from opensora_core.eval.watch import TrainingWatcher
 from opensora_core.train.loop import train_stage
 
 from conftest import STAGE, RandomLatents, tiny_config
@@ -44,7 +45,7 @@ def test_watched_training_logs_adherence_heldout_loss_cost_and_a_gif_per_pass(tm
 
     cfg = watched_config(tmp_path / "run", **{f"stages.{STAGE}.frame_interval": 4, "train.peak_tflops": 0.001})
     write_heldout_manifest(cfg, tmp_path)
-    out = train_stage(cfg, STAGE, track=True, dataset=RandomLatents(8))
+    out = train_stage(cfg, STAGE, track=True, dataset=RandomLatents(8), watcher=TrainingWatcher.for_stage)
 
     client = mlflow.MlflowClient(mlflow_uri)
     run_id = out["mlflow_run_id"]
@@ -71,13 +72,13 @@ def test_watched_training_logs_adherence_heldout_loss_cost_and_a_gif_per_pass(tm
 
 
 def test_watching_changes_no_weight_and_a_resumed_job_repeats_no_pass(tmp_path):
-    from opensora_core.train.checkpoint import load_ema_weights, load_model_state, read_latest
+    from opensora_core.checkpoint import load_ema_weights, load_model_state, read_latest
 
     plain = tiny_config(tmp_path / "plain", **{f"stages.{STAGE}.max_steps": 4})
     train_stage(plain, STAGE, track=False, dataset=RandomLatents(8))
     for steps in (2, 4):  # watched (bundled prompts: no manifest), stopped at step 2 and resumed
         watched = watched_config(tmp_path / "watched", **{"train.sample_every": 2, f"stages.{STAGE}.max_steps": steps})
-        train_stage(watched, STAGE, track=False, dataset=RandomLatents(8))
+        train_stage(watched, STAGE, track=False, dataset=RandomLatents(8), watcher=TrainingWatcher.for_stage)
     with open(watched.paths.ckpt_dir(STAGE) / "watch_log.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 2, 4]
     a, b = read_latest(plain.paths.ckpt_dir(STAGE)), read_latest(watched.paths.ckpt_dir(STAGE))
@@ -89,14 +90,14 @@ def test_watching_changes_no_weight_and_a_resumed_job_repeats_no_pass(tmp_path):
 def test_sample_every_without_prompts_fails_before_the_first_step_naming_the_fields(tmp_path):
     cfg = watched_config(tmp_path / "run", **{"eval.prompts": "no/such/prompts.txt"})
     with pytest.raises(ValueError, match=r"train.sample_every=3 samples held-out prompts.*eval.prompts"):
-        train_stage(cfg, STAGE, track=False, dataset=RandomLatents(8))
+        train_stage(cfg, STAGE, track=False, dataset=RandomLatents(8), watcher=TrainingWatcher.for_stage)
     assert not list(cfg.paths.ckpt_dir(STAGE).glob("step_*"))
 
 
 def test_sample_every_without_a_vae_says_what_to_build(tmp_path):
     cfg = tiny_config(tmp_path / "run", **{"train.sample_every": 3})
     with pytest.raises(FileNotFoundError, match=r"train.sample_every=3 decodes samples.*opensora vae train"):
-        train_stage(cfg, STAGE, track=False, dataset=RandomLatents(8))
+        train_stage(cfg, STAGE, track=False, dataset=RandomLatents(8), watcher=TrainingWatcher.for_stage)
 
 
 @pytest.mark.parametrize("key,value", [("train.sample_every", -1), ("train.sample_prompts", 0),

@@ -42,7 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opensora_core.train.engine import broadcast_from_rank0, ensure_process_group
+from opensora_core.train.distributed import broadcast_from_rank0, ensure_process_group
+from opensora_core.train.engines.ddp import adamw
 
 log = logging.getLogger("opensora.train")
 
@@ -138,7 +139,6 @@ class ColossalEngine:
                 log.warning("HybridAdam unavailable (%s: %s): using torch AdamW", type(e).__name__, e)
         # HybridAdam/CPUAdam kernels are CUDA extensions ("No usable kernel found" on CPU); the torch engine's
         # AdamW, so both engines run the same update kernel
-        from opensora_core.train.engine import adamw
 
         return adamw(params, lr, weight_decay)
 

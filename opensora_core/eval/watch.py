@@ -13,7 +13,7 @@ Sampling and scoring are the evaluate stage's own (`eval.sample.generate`, `eval
 
 The other ranks: a pass runs on rank 0 between two optimizer steps and makes no collective call, so the other
 ranks run on into the next step and wait for rank 0 in its gradient all-reduce. That wait is bounded by the
-process group's timeout (10 minutes, train/engine.py): a pass longer than a third of it logs a warning naming
+process group's timeout (10 minutes, train/distributed.py): a pass longer than a third of it logs a warning naming
 the knobs to turn down.
 
 RNG: the pass and the watcher's construction draw only from their own seeded generators and restore the global
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from opensora_core.config import Config
-from opensora_core.train.metrics import MetricsLog
+from opensora_core.tracking import MetricsLog
 
 log = logging.getLogger("opensora.train")
 
@@ -45,7 +45,7 @@ WATCH_COLUMNS = ("step", "seconds", "color_acc", "motion_acc", "direction_acc", 
                  "adherence_n", "temporal_change", "fd_randproj", "heldout_loss", "heldout_loss_b0", "heldout_loss_b1",
                  "heldout_loss_b2", "heldout_loss_b3")
 PREFIX = "watch/"
-COLLECTIVE_TIMEOUT_S = 600  # dist.init_process_group's timeout in train/engine.py
+COLLECTIVE_TIMEOUT_S = 600  # dist.init_process_group's timeout in train/distributed.py
 
 
 @contextlib.contextmanager
@@ -93,7 +93,7 @@ class TrainingWatcher:
 
     def __init__(self, cfg: Config, stage: str, out_dir: Path, mlflow=None, device: torch.device | str = "cpu",
                  resume_step: int = 0, vae=None, text_encoder=None):
-        from opensora_core.train.init import build_stage_model
+        from opensora_core.models.stage import build_stage_model
 
         tc = cfg.train
         self.cfg, self.stage, self.mlflow = cfg, stage, mlflow

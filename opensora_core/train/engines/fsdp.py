@@ -19,7 +19,7 @@ per block) composes: the recomputation runs inside the block's unit, which gathe
 Sequence parallelism composes: the mesh is every rank; sp ranks of a group hold the same sample, gradients
 are averaged over all ranks as with DDP, and the loop scales the loss by sp_size.
 One process: a 1-rank process group, so a 1-rank job writes the same DCP checkpoints and reshards both ways.
-Checkpoints: dcp_checkpoint.py (sharded save/load, resharding, loading without the training world).
+Checkpoints: opensora_core/checkpoint/sharded.py (sharded save/load, resharding, loading without the training world).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from opensora_core.train import dcp_checkpoint
-from opensora_core.train.engine import TorchEngine, broadcast_from_rank0, ensure_process_group
+from opensora_core.checkpoint import sharded
+from opensora_core.train.distributed import broadcast_from_rank0, ensure_process_group
+from opensora_core.train.engines.ddp import TorchEngine
 from opensora_core.train.precision import DTYPES
 
 log = logging.getLogger("opensora.train")
@@ -76,8 +77,8 @@ class FsdpEngine(TorchEngine):
     def save_state(self, ckpt_root, step_name: str, model, optimizer, ema) -> dict:
         """Nothing for rank 0 to write: every rank writes its shards into the checkpoint's `dcp/`."""
         return {"model_state": None, "ema_state": None, "optimizer_state": None,
-                "write_shards": lambda tmp_dir: dcp_checkpoint.save_sharded(tmp_dir, model, optimizer, ema)}
+                "write_shards": lambda tmp_dir: sharded.save_sharded(tmp_dir, model, optimizer, ema)}
 
     def load_state(self, ckpt_dir, model, optimizer, ema=None) -> None:
         """Weights, optimizer state and EMA from the checkpoint's `dcp/`, resharded to this world size."""
-        dcp_checkpoint.load_sharded(ckpt_dir, model, optimizer, ema)
+        sharded.load_sharded(ckpt_dir, model, optimizer, ema)
