@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from opensora_core.models.attention import CrossAttention, SelfAttention
-from opensora_core.models.flops import flop_terms
+from opensora_core.models.flops import model_flops
 from opensora_core.models.layers import (
     CaptionEmbedder,
     DropPath,
@@ -30,13 +30,12 @@ from opensora_core.models.layers import (
     PatchEmbed3D,
     TimestepEmbedder,
     gated_residual,
+    pixart_init_,
     position_tables,
-    spatial_pos_embed,
+    sincos_tables,
     t2i_modulate,
-    temporal_pos_embed,
     token_grid,
     unpatchify,
-    xavier_linears,
 )
 
 
@@ -91,9 +90,10 @@ class DiT(nn.Module):
         self.grad_checkpoint = enable_grad_checkpoint
 
         # the same modules, in the same order, as STDiT: the same state-dict keys and seeded initial weights
-        grid = token_grid(self.input_size, self.patch_size)
-        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, grid[1:], self.space_scale))
-        self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, grid[0], self.time_scale))
+        pos, pos_t = sincos_tables(hidden_size, token_grid(self.input_size, self.patch_size), self.space_scale,
+                                   self.time_scale)
+        self.register_buffer("pos_embed", pos)
+        self.register_buffer("pos_embed_temporal", pos_t)
         self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -102,16 +102,7 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio, rates[i]) for i in range(depth)])
         self.final_layer = FinalLayer(hidden_size, math.prod(self.patch_size), self.out_channels)
 
-        self.apply(xavier_linears)  # STDiT.initialize_weights, without the temporal attentions
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1]):
-            nn.init.normal_(lin.weight, std=0.02)
-        nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
-        nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
-        for out in [block.cross_attn.proj for block in self.blocks] + [self.final_layer.linear]:
-            nn.init.zeros_(out.weight)
-            nn.init.zeros_(out.bias)
+        pixart_init_(self, [block.cross_attn.proj for block in self.blocks])
         if freeze == "text":
             for name, p in self.named_parameters():
                 p.requires_grad_("cross_attn" not in name)
@@ -149,11 +140,11 @@ class DiT(nn.Module):
         self.space_scale = self.space_scale if space_scale is None else float(space_scale)
         self.time_scale = self.time_scale if time_scale is None else float(time_scale)
         self.input_size = tuple(int(v) for v in input_size)
-        grid = token_grid(self.input_size, self.patch_size)
         device = self.pos_embed.device if self.pos_embed.device.type != "meta" else "cpu"
-        self.pos_embed = spatial_pos_embed(self.hidden_size, grid[1:], self.space_scale).to(device, self.pos_embed.dtype)
-        self.pos_embed_temporal = temporal_pos_embed(self.hidden_size, grid[0], self.time_scale).to(
-            device, self.pos_embed_temporal.dtype)
+        dtype = self.pos_embed.dtype
+        tables = sincos_tables(self.hidden_size, token_grid(self.input_size, self.patch_size), self.space_scale,
+                               self.time_scale)
+        self.pos_embed, self.pos_embed_temporal = (table.to(device, dtype) for table in tables)
 
     def enable_grad_checkpointing(self, enabled: bool = True) -> None:
         self.grad_checkpoint = enabled
@@ -162,9 +153,5 @@ class DiT(nn.Module):
         return math.prod(token_grid(input_size or self.input_size, self.patch_size))
 
     def flops_per_sample(self, input_size=None, training: bool = True) -> int:
-        """As STDiT.flops_per_sample, with full attention over the T*S tokens."""
-        terms = flop_terms(self.hidden_size, self.depth, token_grid(input_size or self.input_size, self.patch_size),
-                           self.model_max_length, temporal=False, mlp_ratio=self.mlp_ratio,
-                           patch_size=self.patch_size, in_channels=self.in_channels,
-                           out_channels=self.out_channels, caption_channels=self.caption_channels)
-        return sum(terms.values()) * (3 if training else 1)
+        """As STDiT.flops_per_sample, with one attention over all T*S tokens."""
+        return model_flops(self, token_grid(input_size or self.input_size, self.patch_size), training)

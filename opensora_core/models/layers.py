@@ -63,15 +63,16 @@ def temporal_pos_embed(dim: int, length: int, scale: float = 1.0) -> torch.Tenso
     return sincos_1d(dim, positions).float().unsqueeze(0)
 
 
+def sincos_tables(dim: int, grid, space_scale: float = 1.0, time_scale: float = 1.0):
+    """(spatial [1, H'W', dim], temporal [1, T', dim]) float32 tables for a token grid (T', H', W')."""
+    return spatial_pos_embed(dim, grid[1:], space_scale), temporal_pos_embed(dim, grid[0], time_scale)
+
+
 @functools.lru_cache(maxsize=32)
 def position_tables(dim: int, grid, space_scale: float, time_scale: float, device, dtype):
-    """(spatial [1, H'W', dim], temporal [1, T', dim]) for a token grid, on ``device`` in ``dtype``.
-
-    For sizes other than the one a model was built for (whose tables are its buffers): built once per size,
-    not once per forward. The tables are constants, so models on one device can share them.
-    """
-    return (spatial_pos_embed(dim, grid[1:], space_scale).to(device, dtype),
-            temporal_pos_embed(dim, grid[0], time_scale).to(device, dtype))
+    """``sincos_tables`` on ``device`` in ``dtype``, for sizes other than the one a model was built for (whose
+    tables are its buffers): built once per size, not once per forward. Constants, so models can share them."""
+    return tuple(table.to(device, dtype) for table in sincos_tables(dim, grid, space_scale, time_scale))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -242,9 +243,26 @@ def unpatchify(h: torch.Tensor, grid, patch_size, out_channels: int, size=None) 
     return out
 
 
-def xavier_linears(module: nn.Module) -> None:
-    """``module.apply`` hook: xavier-uniform weights and zero biases for every Linear (DiT / PixArt init)."""
+def _xavier_linear(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
+
+
+def pixart_init_(model: nn.Module, zeroed) -> None:
+    """Open-Sora 1.0 / PixArt-alpha initialisation of a model with their top-level layout (``x_embedder``,
+    ``t_embedder``, ``t_block``, ``y_embedder``, ``final_layer``): xavier-uniform linears and patch
+    convolution (as a linear), N(0, 0.02) for the timestep and caption MLPs, zeros for the final layer and
+    the ``zeroed`` linears (the branches that start as the identity). Draws in module order: a seed gives
+    the same weights to every model built in the same order."""
+    model.apply(_xavier_linear)
+    w = model.x_embedder.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    for lin in (model.t_embedder.mlp[0], model.t_embedder.mlp[2], model.t_block[1]):
+        nn.init.normal_(lin.weight, std=0.02)
+    nn.init.normal_(model.y_embedder.y_proj.fc1.weight, std=0.02)
+    nn.init.normal_(model.y_embedder.y_proj.fc2.weight, std=0.02)
+    for lin in [*zeroed, model.final_layer.linear]:
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)

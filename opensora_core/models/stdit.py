@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from opensora_core.models.attention import CrossAttention, SelfAttention
-from opensora_core.models.flops import flop_terms
+from opensora_core.models.flops import model_flops
 from opensora_core.models.layers import (
     CaptionEmbedder,
     DropPath,
@@ -37,13 +37,12 @@ from opensora_core.models.layers import (
     PatchEmbed3D,
     TimestepEmbedder,
     gated_residual,
+    pixart_init_,
     position_tables,
-    spatial_pos_embed,
+    sincos_tables,
     t2i_modulate,
-    temporal_pos_embed,
     token_grid,
     unpatchify,
-    xavier_linears,
 )
 
 FREEZE_OPTIONS = ("not_temporal", "text")
@@ -161,8 +160,9 @@ class STDiT(nn.Module):
         self.grad_checkpoint = enable_grad_checkpoint
 
         grid = token_grid(self.input_size, self.patch_size)
-        self.register_buffer("pos_embed", spatial_pos_embed(hidden_size, grid[1:], self.space_scale))
-        self.register_buffer("pos_embed_temporal", temporal_pos_embed(hidden_size, grid[0], self.time_scale))
+        pos, pos_t = sincos_tables(hidden_size, grid, self.space_scale, self.time_scale)
+        self.register_buffer("pos_embed", pos)
+        self.register_buffer("pos_embed_temporal", pos_t)
         self.x_embedder = PatchEmbed3D(self.patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
@@ -181,22 +181,9 @@ class STDiT(nn.Module):
                 block.compile()  # in place: state-dict keys stay unchanged
 
     def initialize_weights(self) -> None:
-        """Open-Sora 1.0 / PixArt-alpha init: xavier linears (the patch conv as a linear), N(0, 0.02) for the
-        timestep and caption MLPs; zeroed cross-attention and temporal-attention outputs and final layer,
-        so each new branch starts as the identity and a new model predicts 0."""
-        self.apply(xavier_linears)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2], self.t_block[1]):
-            nn.init.normal_(lin.weight, std=0.02)
-        nn.init.normal_(self.y_embedder.y_proj.fc1.weight, std=0.02)
-        nn.init.normal_(self.y_embedder.y_proj.fc2.weight, std=0.02)
-        for block in self.blocks:
-            for out in (block.cross_attn.proj, block.attn_temp.proj):
-                nn.init.zeros_(out.weight)
-                nn.init.zeros_(out.bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        """Open-Sora 1.0 init (``layers.pixart_init_``); zero-initialised cross-attention and temporal-attention
+        outputs: each new branch starts as the identity (Open-Sora 1.0), so PixArt weights give an image model."""
+        pixart_init_(self, [lin for block in self.blocks for lin in (block.cross_attn.proj, block.attn_temp.proj)])
 
     # -- forward ---------------------------------------------------------------------------------------------
     def position_embeddings(self, grid, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,11 +241,11 @@ class STDiT(nn.Module):
         if time_scale is not None:
             self.time_scale = float(time_scale)
         self.input_size = tuple(int(v) for v in input_size)
-        grid = token_grid(self.input_size, self.patch_size)
         device = self.pos_embed.device if self.pos_embed.device.type != "meta" else "cpu"
         dtype = self.pos_embed.dtype
-        self.pos_embed = spatial_pos_embed(self.hidden_size, grid[1:], self.space_scale).to(device, dtype)
-        self.pos_embed_temporal = temporal_pos_embed(self.hidden_size, grid[0], self.time_scale).to(device, dtype)
+        grid = token_grid(self.input_size, self.patch_size)
+        pos, pos_t = sincos_tables(self.hidden_size, grid, self.space_scale, self.time_scale)
+        self.pos_embed, self.pos_embed_temporal = pos.to(device, dtype), pos_t.to(device, dtype)
 
     def enable_grad_checkpointing(self, enabled: bool = True) -> None:
         """Recompute each block in the backward pass (memory for compute: Open-Sora 1.0's 512px stages)."""
@@ -283,8 +270,4 @@ class STDiT(nn.Module):
     def flops_per_sample(self, input_size=None, training: bool = True) -> int:
         """Matmul FLOPs (2 per multiply-add) for one sample at a latent size (default: the built one); x3 for
         forward+backward when ``training``. See ``opensora_core.models.flops`` for what is counted."""
-        terms = flop_terms(self.hidden_size, self.depth, token_grid(input_size or self.input_size, self.patch_size),
-                           self.model_max_length, temporal=True, mlp_ratio=self.mlp_ratio,
-                           patch_size=self.patch_size, in_channels=self.in_channels,
-                           out_channels=self.out_channels, caption_channels=self.caption_channels)
-        return sum(terms.values()) * (3 if training else 1)
+        return model_flops(self, token_grid(input_size or self.input_size, self.patch_size), training)
