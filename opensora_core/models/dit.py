@@ -70,9 +70,10 @@ class DiT(nn.Module):
                  pred_sigma: bool = True, drop_path: float = 0.0, no_temporal_pos_emb: bool = False,
                  caption_channels: int = 4096, model_max_length: int = 120, dtype: torch.dtype | None = None,
                  space_scale: float = 1.0, time_scale: float = 1.0, freeze: str | None = None,
-                 enable_grad_checkpoint: bool = False, enable_compile: bool = False, temporal_pos: str | None = None,
-                 enable_sequence_parallelism: bool = False, **_kernel_flags):
-        super().__init__()  # _kernel_flags: STDiT's enable_flashattn / enable_layernorm_kernel, no-ops here too
+                 enable_grad_checkpoint: bool = False, enable_compile: bool = False, enable_flashattn: bool = False,
+                 enable_layernorm_kernel: bool = False, enable_sequence_parallelism: bool = False,
+                 temporal_pos: str | None = None):
+        super().__init__()  # enable_flashattn, enable_layernorm_kernel: accepted and unused, as by STDiT
         if enable_sequence_parallelism:
             raise NotImplementedError("sequence parallelism supports STDiT only")
         if freeze not in (None, "text"):

@@ -181,8 +181,8 @@ class STDiT(nn.Module):
                 block.compile()  # in place: state-dict keys stay unchanged
 
     def initialize_weights(self) -> None:
-        """Open-Sora 1.0 init (``layers.pixart_init_``); zero-initialised cross-attention and temporal-attention
-        outputs: each new branch starts as the identity (Open-Sora 1.0), so PixArt weights give an image model."""
+        """``layers.pixart_init_``, with zeroed cross-attention outputs (PixArt-alpha) and zeroed temporal-attention
+        outputs (Open-Sora 1.0): a temporal branch starts as the identity, so image weights give an image model."""
         pixart_init_(self, [lin for block in self.blocks for lin in (block.cross_attn.proj, block.attn_temp.proj)])
 
     # -- forward ---------------------------------------------------------------------------------------------

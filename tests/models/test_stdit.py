@@ -179,6 +179,8 @@ def test_freeze_options_leave_the_right_parameters_trainable(tiny_model):
     assert frozen and all(".cross_attn." in n for n in frozen)
     with pytest.raises(ValueError):
         tiny_model(freeze="everything")
+    with pytest.raises(ValueError, match="DiT"):  # it has no temporal attention to leave trainable
+        tiny_model("DiT-tiny", freeze="not_temporal")
 
 
 def test_flops_estimate_counts_linear_layers_and_favours_stdit_for_long_videos(xl2_models):
