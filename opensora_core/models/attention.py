@@ -3,16 +3,15 @@
 Parameter names are Open-Sora 1.0's (``qkv``/``proj``; ``q_linear``/``kv_linear``/``proj``), so released
 checkpoints load strictly; the fused qkv projection is the released layout itself.
 
-Kernel choice (``attend``): on CUDA, ``scaled_dot_product_attention`` (flash / memory-efficient kernels). On
-the CPU, for the short sequences STDiT attends over (S = H'W' tokens of a frame, T' frames, L caption
-tokens), explicit ``matmul -> softmax -> matmul`` measured faster than SDPA's CPU flash kernel, forward +
-backward (1 thread, interleaved, median of 40: spatial 16x4x64x64 18.1 vs 21.2 ms, temporal 128x4x8x64
-12.0 vs 13.3 ms); long sequences go to SDPA, whose memory does not grow with N^2.
+Kernel choice (``attend``): ``scaled_dot_product_attention`` on CUDA (flash / memory-efficient kernels) and
+for long sequences, whose memory then does not grow with N^2. On the CPU, the short sequences STDiT attends
+over (S = H'W' tokens of a frame, T' frames, L caption tokens) go to an explicit
+``matmul -> softmax -> matmul``, which was faster there than SDPA's CPU kernel (docs/results.md).
 
-Caption mask: Open-Sora packs the valid caption tokens of the batch and attends per sample (xformers
-``BlockDiagonalMask``); a key-padding mask gives the same function per sample. ``CaptionMask.prepare``
-builds it once per forward for all blocks, after ``trim_caption`` dropped the padding columns that no sample
-uses; when no token is left padded there is no mask at all (the unmasked kernels are the fast ones).
+Caption mask: Open-Sora 1.0 packs the valid caption tokens of the batch and attends per sample (xformers
+``BlockDiagonalMask``); a key-padding mask gives the same function per sample. ``trim_caption`` builds it
+once per forward for all blocks, after dropping the padding columns that no sample uses; when no token is
+left padded there is no mask at all (the unmasked kernels are the fast ones).
 """
 
 from __future__ import annotations

@@ -68,3 +68,13 @@ def flops_per_sample(model_cfg, frames: int, size, caption_tokens: int = 120, *,
                        out_channels=latent_channels * (2 if pred_sigma else 1), caption_channels=caption_channels)
     forward = sum(terms.values())
     return 3 * forward if training else forward
+
+
+def model_flops(model, grid, training: bool = True) -> int:
+    """FLOPs per sample of a built STDiT / DiT for a token ``grid`` (T', H', W'): forward, or forward +
+    backward when ``training``. The blocks' ``attn_temp`` tells STDiT's attention from DiT's full one."""
+    terms = flop_terms(model.hidden_size, model.depth, grid, model.model_max_length,
+                       temporal=hasattr(model.blocks[0], "attn_temp"), mlp_ratio=model.mlp_ratio,
+                       patch_size=model.patch_size, in_channels=model.in_channels,
+                       out_channels=model.out_channels, caption_channels=model.caption_channels)
+    return sum(terms.values()) * (3 if training else 1)

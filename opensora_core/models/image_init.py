@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 POSITION_BUFFERS = ("pos_embed", "pos_embed_temporal")
 
@@ -38,8 +39,6 @@ def read_state_dict(path: str | Path, hint: str = "", wrappers: tuple[str, ...] 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}. " + hint.format(path=path))
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,45 +1,35 @@
-"""Building blocks shared by STDiT and DiT (the Open-Sora 1.0 / PixArt-alpha layer set, our own code).
+"""The layers STDiT and DiT are both built from: position embeddings, embedders, modulation, final layer.
 
-Every layer keeps the parameter names of Open-Sora 1.0 (``x_embedder.proj``, ``t_embedder.mlp.{0,2}``,
-``y_embedder.y_proj.fc{1,2}``, ``attn.qkv``/``attn.proj``, ``cross_attn.{q_linear,kv_linear,proj}``,
-``mlp.fc{1,2}``, ``scale_shift_table``, ``final_layer.linear``) so released checkpoints load strictly.
-
-Functions (all tensors are [batch, tokens, channels] unless stated):
-
-- ``sincos_1d(dim, positions)``: per position p, ``[sin(p * w_0..w_{D/2-1}), cos(p * w_0..)]`` with
-  ``w_i = 10000 ** (-i / (D/2))`` (MAE / DiT formula), computed in float64.
-- ``spatial_pos_embed(dim, (gh, gw), scale)``: tokens in row-major (h, w) order; the first half of the channels
-  encodes the column index w / scale, the second half the row index h / scale (the MAE grid convention where
-  ``meshgrid(w, h)`` puts w first). Grid coordinates are formed in float32, as Open-Sora does.
-- ``temporal_pos_embed(dim, T, scale)``: ``sincos_1d`` of t / scale.
-- ``TimestepEmbedder``: ``[cos(t f), sin(t f)]`` with ``f_i = exp(-ln(10000) i / 128)`` (256 frequencies),
-  then Linear -> SiLU -> Linear.
-- ``CaptionEmbedder``: optional caption dropout (replace a sample's caption with the learned null caption
-  ``y_embedding`` [N, C_caption]) then Linear -> GELU(tanh) -> Linear to the hidden size.
-- ``t2i_modulate(x, shift, scale) = x * (1 + scale) + shift`` (adaLN-single, PixArt).
-- ``SelfAttention`` / ``CrossAttention`` / ``CaptionMask``: in ``opensora_core.models.attention``.
-- ``FinalLayer`` (T2IFinalLayer): LayerNorm without affine, modulated by ``table[2, C] + t`` (the raw
-  timestep embedding, not the t_block output), then Linear to ``prod(patch) * C_out``.
+The layer set is Open-Sora 1.0's, itself PixArt-alpha's (our own code). Parameter names are Open-Sora 1.0's
+(``x_embedder.proj``, ``t_embedder.mlp.{0,2}``, ``y_embedder.y_proj.fc{1,2}``, ``mlp.fc{1,2}``,
+``final_layer.linear``, ``scale_shift_table``) so released checkpoints load strictly. The attention layers
+are in ``opensora_core.models.attention``. Tokens are ``[B, N, D]`` unless stated.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from opensora_core.models.attention import CaptionMask, CrossAttention, SelfAttention  # noqa: F401 (re-exported)
-
+from opensora_core.models.attention import trim_caption
 
 # ----------------------------------------------------------------------------------------------------------
-# Sin-cos position embeddings (computed once per input size, on the CPU, in float64, then stored as float32)
+# Token grid and sin-cos position embeddings (built on the CPU in float64, stored as float32)
 # ----------------------------------------------------------------------------------------------------------
+
+
+def token_grid(size, patch_size) -> tuple[int, int, int]:
+    """Latent (T, H, W) -> token grid (T', H', W'); rounded up, as the patch embedding pads."""
+    return tuple(-(-int(s) // p) for s, p in zip(size, patch_size))
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """[M] positions -> [M, dim] embedding: sin on the first half of the channels, cos on the second."""
+    """[M] positions -> [M, dim]: ``sin(p w_i)`` on the first half of the channels, ``cos(p w_i)`` on the
+    second, ``w_i = 10000 ** (-i / (dim/2))`` (the MAE / DiT formula)."""
     if dim % 2:
         raise ValueError(f"sin-cos embedding needs an even dim, got {dim}")
     omega = torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0)
@@ -49,9 +39,11 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 def spatial_pos_embed(dim: int, grid: tuple[int, int], scale: float = 1.0, base_size: int | None = None) -> torch.Tensor:
-    """Sin-cos 2D embedding for a (gh, gw) token grid -> [1, gh*gw, dim] float32.
+    """Sin-cos 2D embedding of a (gh, gw) token grid -> [1, gh*gw, dim] float32, tokens row-major.
 
-    ``scale`` divides the coordinates (space_scale 0.5 makes a 16x16 grid look like PixArt's 32x32 one);
+    The first half of the channels encodes the column w / scale, the second half the row h / scale (MAE's
+    grid, where ``meshgrid(w, h)`` puts w first); coordinates are formed in float32, as Open-Sora 1.0 does.
+    ``scale``: space_scale 0.5 makes a 16x16 grid look like PixArt's 32x32 one (Open-Sora 1.0, 256px stage).
     ``base_size`` (optional, PixArt) rescales the coordinates to a reference grid size.
     """
     gh, gw = grid
@@ -60,7 +52,7 @@ def spatial_pos_embed(dim: int, grid: tuple[int, int], scale: float = 1.0, base_
     if base_size is not None:
         h = h * (base_size / gh)
         w = w * (base_size / gw)
-    hh, ww = torch.meshgrid(h, w, indexing="ij")  # [gh, gw], row-major tokens
+    hh, ww = torch.meshgrid(h, w, indexing="ij")
     emb = torch.cat([sincos_1d(dim // 2, ww), sincos_1d(dim // 2, hh)], dim=1)
     return emb.float().unsqueeze(0)
 
@@ -69,6 +61,18 @@ def temporal_pos_embed(dim: int, length: int, scale: float = 1.0) -> torch.Tenso
     """Sin-cos 1D embedding of frame index / scale -> [1, length, dim] float32."""
     positions = torch.arange(length, dtype=torch.float64) / scale
     return sincos_1d(dim, positions).float().unsqueeze(0)
+
+
+def sincos_tables(dim: int, grid, space_scale: float = 1.0, time_scale: float = 1.0):
+    """(spatial [1, H'W', dim], temporal [1, T', dim]) float32 tables for a token grid (T', H', W')."""
+    return spatial_pos_embed(dim, grid[1:], space_scale), temporal_pos_embed(dim, grid[0], time_scale)
+
+
+@functools.lru_cache(maxsize=32)
+def position_tables(dim: int, grid, space_scale: float, time_scale: float, device, dtype):
+    """``sincos_tables`` on ``device`` in ``dtype``, for sizes other than the one a model was built for (whose
+    tables are its buffers): built once per size, not once per forward. Constants, so models can share them."""
+    return tuple(table.to(device, dtype) for table in sincos_tables(dim, grid, space_scale, time_scale))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -81,7 +85,7 @@ def approx_gelu() -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """Linear -> activation -> Linear (parameter names fc1 / fc2, as timm's Mlp)."""
+    """Linear -> activation -> Linear (parameter names fc1 / fc2, as timm's Mlp that Open-Sora 1.0 uses)."""
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, act=approx_gelu):
         super().__init__()
@@ -111,7 +115,7 @@ class PatchEmbed3D(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """[B] (possibly fractional) timesteps -> [B, D] via 256 sinusoidal frequencies and a 2-layer MLP."""
+    """[B] (possibly fractional) timesteps -> [B, D]: 256 sinusoidal frequencies, Linear -> SiLU -> Linear."""
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
@@ -122,7 +126,8 @@ class TimestepEmbedder(nn.Module):
 
     @staticmethod
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-        """[B] -> [B, dim] float32: cos first, then sin (GLIDE / DiT convention)."""
+        """[B] -> [B, dim] float32, ``[cos(t f_i), sin(t f_i)]``, ``f_i = exp(-ln(max_period) i / (dim/2))``:
+        cos first (the GLIDE / DiT convention)."""
         half = dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t[:, None].float() * freqs[None]
@@ -136,9 +141,11 @@ class TimestepEmbedder(nn.Module):
 
 
 class CaptionEmbedder(nn.Module):
-    """Caption [B, 1, N, C_caption] -> [B, 1, N, D], with caption dropout to the learned null caption.
+    """Caption [B, 1, N, C_caption] and its mask -> caption tokens [B, L, D] and the mask the blocks share.
 
-    ``y_embedding`` [N_max, C_caption] is a buffer (it is in the checkpoints; Open-Sora never trains it).
+    Caption dropout (classifier-free guidance training) replaces a whole caption by the learned null caption
+    ``y_embedding`` [N_max, C_caption], a buffer: it is in the released checkpoints, and Open-Sora 1.0
+    never trains it.
     """
 
     def __init__(self, in_channels: int, hidden_size: int, uncond_prob: float, token_num: int = 120):
@@ -161,19 +168,32 @@ class CaptionEmbedder(nn.Module):
         null = self.null_caption(caption.shape[2]).to(caption.dtype)
         return torch.where(drop[:, None, None, None], null, caption)
 
-    def forward(self, caption: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, caption: torch.Tensor, mask: torch.Tensor | None, train: bool,
+                force_drop_ids: torch.Tensor | None = None):
+        """caption [B, 1, N, C_caption], mask [B, N] (1 = valid; one mask may serve a batch repeated for
+        guidance) or None -> (tokens [B, L, D], CaptionMask or None), L <= N: see ``trim_caption``."""
+        if mask is not None:
+            mask = mask.reshape(mask.shape[0], -1)
+            if mask.shape[0] != caption.shape[0]:
+                mask = mask.repeat(caption.shape[0] // mask.shape[0], 1)
+        caption, mask = trim_caption(caption, mask)
         if (train and self.uncond_prob > 0) or force_drop_ids is not None:
             caption = self.token_drop(caption, force_drop_ids)
-        return self.y_proj(caption)
+        return self.y_proj(caption).squeeze(1), mask
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Block pieces, final layer, unpatchify
+# ----------------------------------------------------------------------------------------------------------
 
 
 def t2i_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x * (1 + scale) + shift, in one pass over x (addcmul) instead of two."""
+    """``x * (1 + scale) + shift`` (adaLN-single: PixArt-alpha), in one pass over x (addcmul) instead of two."""
     return torch.addcmul(shift, x, 1 + scale)
 
 
 def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor, drop_path: nn.Module) -> torch.Tensor:
-    """x + drop_path(gate * h); one addcmul pass when stochastic depth is off."""
+    """``x + drop_path(gate * h)``; one addcmul pass when stochastic depth is off."""
     if drop_path.training and getattr(drop_path, "p", 0.0) > 0:
         return x + drop_path(gate * h)
     return torch.addcmul(x, gate, h)
@@ -194,7 +214,11 @@ class DropPath(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """PixArt's T2IFinalLayer: [B, N, D] tokens, t [B, D] -> [B, N, prod(patch) * C_out]."""
+    """PixArt-alpha's T2IFinalLayer: tokens [B, N, D], t [B, D] -> [B, N, prod(patch) * C_out].
+
+    A LayerNorm without affine parameters, modulated by ``scale_shift_table[2, D] + t`` (the timestep
+    embedding itself, not the blocks' t_block projection), then a linear layer.
+    """
 
     def __init__(self, hidden_size: int, num_patch: int, out_channels: int):
         super().__init__()
@@ -205,3 +229,40 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
         return self.linear(t2i_modulate(self.norm_final(x), shift, scale))
+
+
+def unpatchify(h: torch.Tensor, grid, patch_size, out_channels: int, size=None) -> torch.Tensor:
+    """[B, T'*H'*W', pt*ph*pw*C] -> [B, C, T'pt, H'ph, W'pw], cropped to the latent ``size`` if it was padded."""
+    b = h.shape[0]
+    nt, nh, nw = grid
+    pt, ph, pw = patch_size
+    out = h.reshape(b, nt, nh, nw, pt, ph, pw, out_channels)
+    out = out.permute(0, 7, 1, 4, 2, 5, 3, 6).reshape(b, out_channels, nt * pt, nh * ph, nw * pw)
+    if size is not None and tuple(out.shape[2:]) != tuple(size):
+        out = out[:, :, : size[0], : size[1], : size[2]]
+    return out
+
+
+def _xavier_linear(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def pixart_init_(model: nn.Module, zeroed) -> None:
+    """Open-Sora 1.0 / PixArt-alpha initialisation of a model with their top-level layout (``x_embedder``,
+    ``t_embedder``, ``t_block``, ``y_embedder``, ``final_layer``): xavier-uniform linears and patch
+    convolution (as a linear), N(0, 0.02) for the timestep and caption MLPs, zeros for the final layer and
+    the ``zeroed`` linears (the branches that start as the identity). Draws in module order: a seed gives
+    the same weights to every model built in the same order."""
+    model.apply(_xavier_linear)
+    w = model.x_embedder.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    for lin in (model.t_embedder.mlp[0], model.t_embedder.mlp[2], model.t_block[1]):
+        nn.init.normal_(lin.weight, std=0.02)
+    nn.init.normal_(model.y_embedder.y_proj.fc1.weight, std=0.02)
+    nn.init.normal_(model.y_embedder.y_proj.fc2.weight, std=0.02)
+    for lin in [*zeroed, model.final_layer.linear]:
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)

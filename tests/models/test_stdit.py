@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from opensora_core.models import DiT, STDiT, build_model
-from opensora_core.models import base as base_module
+from opensora_core.models import layers
 
 from models_testkit import inputs
 from reference_stdit import ref_1d_pos, ref_2d_pos, reference_stdit_forward
@@ -41,8 +41,8 @@ def test_dit_xl2_state_dict_is_stdit_without_temporal_attention(xl2_models):
 
 
 def test_position_embeddings_match_open_sora_sincos_tables():
-    torch.testing.assert_close(base_module.spatial_pos_embed(32, (4, 6), 0.5)[0], ref_2d_pos(32, (4, 6), 0.5))
-    torch.testing.assert_close(base_module.temporal_pos_embed(32, 5, 2 / 3)[0], ref_1d_pos(32, 5, 2 / 3))
+    torch.testing.assert_close(layers.spatial_pos_embed(32, (4, 6), 0.5)[0], ref_2d_pos(32, (4, 6), 0.5))
+    torch.testing.assert_close(layers.temporal_pos_embed(32, 5, 2 / 3)[0], ref_1d_pos(32, 5, 2 / 3))
 
 
 @pytest.mark.parametrize("with_mask", [False, True])
@@ -149,8 +149,9 @@ def test_caption_dropout_uses_the_learned_null_caption(tiny_model):
 def test_position_embeddings_are_built_once_per_size(tiny_model, monkeypatch):
     model = tiny_model()
     calls = []
-    real = base_module.spatial_pos_embed
-    monkeypatch.setattr(base_module, "spatial_pos_embed", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = layers.spatial_pos_embed
+    monkeypatch.setattr(layers, "spatial_pos_embed", lambda *a, **k: calls.append(a) or real(*a, **k))
+    layers.position_tables.cache_clear()
     with torch.no_grad():
         for _ in range(3):
             model(*inputs())  # the built size: buffers
@@ -178,6 +179,8 @@ def test_freeze_options_leave_the_right_parameters_trainable(tiny_model):
     assert frozen and all(".cross_attn." in n for n in frozen)
     with pytest.raises(ValueError):
         tiny_model(freeze="everything")
+    with pytest.raises(ValueError, match="DiT"):  # it has no temporal attention to leave trainable
+        tiny_model("DiT-tiny", freeze="not_temporal")
 
 
 def test_flops_estimate_counts_linear_layers_and_favours_stdit_for_long_videos(xl2_models):
