@@ -41,7 +41,7 @@ class ModelConfig(_Strict):
     grad_checkpoint: bool = False
     freeze: Literal["not_temporal", "text"] | None = None
     init_from: str | None = None
-    # null: the model's own (STDiT: "first_block", Open-Sora 1.0; DiT: "input"); see models.base
+    # null: the model's own (STDiT: "first_block", Open-Sora 1.0; DiT: "input"); see models.stdit and models.dit
     temporal_pos: Literal["first_block", "input"] | None = None
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ y [B, 1, N, Cc] and its mask [B, N]:
    C_out = 2C with ``pred_sigma`` (the noise and the variance, IDDPM).
 
 The shared layers are in ``opensora_core.models.layers`` and ``.attention``; DiT (``.dit``) is built from
-them too. Sequence parallelism (``opensora_core.parallel.sequence``) reuses ``embed_inputs``, the blocks'
+them too. Sequence parallelism (``opensora_core.models.sequence_parallel``) reuses ``embed_inputs``, the blocks'
 submodules, ``final_layer`` and ``unpatchify``.
 """
 
@@ -136,7 +136,7 @@ class STDiT(nn.Module):
     ):
         super().__init__()
         if enable_sequence_parallelism:
-            raise NotImplementedError("sequence parallelism is provided by opensora_core.parallel, not the model")
+            raise NotImplementedError("sequence parallelism is provided by opensora_core.models.sequence_parallel, not the model")
         if freeze is not None and freeze not in FREEZE_OPTIONS:
             raise ValueError(f"freeze must be one of {FREEZE_OPTIONS} or None, got {freeze!r}")
         self.temporal_pos = temporal_pos or "first_block"

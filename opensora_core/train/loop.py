@@ -213,7 +213,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
     if resume_from and not resume_sharded:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
     if sp_size > 1:
-        from opensora_core.parallel.sequence import enable_sequence_parallel
+        from opensora_core.models.sequence_parallel import enable_sequence_parallel
 
         enable_sequence_parallel(engine.unwrap(train_model), sp_size)
     lr = stage_lr(cfg, stage)

@@ -30,7 +30,7 @@ def memory_mb(device: torch.device) -> float:
 
 def flops_per_sample(model, latent_size) -> float:
     """Training FLOPs (forward + backward) of one sample: the model's own count (STDiT/DiT: 6 x params x tokens
-    plus the spatial, temporal and cross-attention terms, see models.base), else 6 x params x tokens.
+    plus the spatial, temporal and cross-attention terms, see models.flops), else 6 x params x tokens.
     The one place the loop asks for a FLOP count."""
     if hasattr(model, "flops_per_sample"):
         return float(model.flops_per_sample(latent_size))

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from opensora_core.models import build_model
-from opensora_core.parallel.sequence import enable_sequence_parallel
+from opensora_core.models.sequence_parallel import enable_sequence_parallel
 
 
 def main(path: str, temporal_pos: str | None = None, engine: str = "none") -> None:

@@ -111,7 +111,7 @@ def sp_block_forward(block: nn.Module, x, y, t_mlp, mask, tpe, grid, group, sp: 
 
 
 def sp_forward(self, x, timestep, y, mask=None, force_drop_ids=None):
-    """Drop-in for VideoDiffusionTransformer.forward (same arguments and result) under sequence parallelism."""
+    """Drop-in for STDiT.forward (same arguments and result) under sequence parallelism."""
     group, sp, rank = self._sp_group, self._sp_size, self._sp_rank
     h, t, t_mlp, y, mask, tpe, grid = self.embed_inputs(x, timestep, y, mask, force_drop_ids)
     t_tokens, s_tokens = h.shape[1], h.shape[2]
