@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-
-def _median(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+from opensora_core.bench.reporter import Report, median_spread, publish, wide_console
 
 
 def _warm_cluster(workers: int):
@@ -61,9 +58,6 @@ def main() -> None:
     ap.add_argument("--chunks-per-worker", type=int, default=None, help="default: data.dask_chunks_per_worker")
     ap.add_argument("--no-track", action="store_true")
     a = ap.parse_args()
-
-    from rich.console import Console
-    from rich.table import Table
 
     from flows.data_prep import run_data_prep
     from opensora_core.data.cache import SHARD_SIZE, build_latent_cache
@@ -131,23 +125,13 @@ def main() -> None:
     for step in ("ingest", "cache"):
         for mode in modes:
             c = cols[(step, mode)]
-            row = {"step": step, "mode": mode, "clips/s": _median([a.clips / x for x in c["step s"]])}
-            row.update({k: _median(xs) for k, xs in c.items()})
+            row = {"step": step, "mode": mode, "clips/s": median_spread([a.clips / x for x in c["step s"]])}
+            row.update({k: median_spread(xs) for k, xs in c.items()})
             rows.append(row)
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    table = Table(title=f"Data stages, {a.clips} clips, {a.rounds} interleaved rounds (median, min-max); "
-                        f"outputs identical to one process: {identical}")
-    for col in keys:
-        table.add_column(col, justify="left" if col in ("step", "mode") else "right")
-    for row in rows:
-        table.add_row(*(str(row.get(k, "-")) for k in keys))
-    Console(width=200).print(table)
-    if not a.no_track:
-        from opensora_core import tracking
-
-        cfg = params(tmp / "enc").load()
-        with tracking.start_run(cfg, run_name="bench-dask-data", tags={"bench": "dask_data"}, log_config=False):
-            tracking.log_table("bench_dask_data", rows)
+    report = Report("dask_data", f"Data stages, {a.clips} clips, {a.rounds} interleaved rounds (median, min-max); "
+                                 f"outputs identical to one process: {identical}", rows, left=("step", "mode"),
+                    run_name="bench-dask-data")
+    publish(report, params(tmp / "enc").load(), wide_console(), track=not a.no_track)
     shutil.rmtree(tmp, ignore_errors=True)
     if not identical:
         raise SystemExit("a Dask run's outputs differ from the single-process ones")

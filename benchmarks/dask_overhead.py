@@ -22,9 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _ms(xs: list[float]) -> str:
-    return f"{1000 * statistics.median(xs):.1f} ({1000 * min(xs):.1f}-{1000 * max(xs):.1f})"
+from opensora_core.bench.reporter import Report, median_spread, show, wide_console
 
 
 def _noop(x: int) -> int:
@@ -59,8 +57,6 @@ def main() -> None:
     from prefect.cache_policies import NONE as NO_CACHE
     from prefect.context import FlowRunContext
     from prefect_dask import get_dask_client
-    from rich.console import Console
-    from rich.table import Table
 
     from flows.data_prep import dask_task_runner
     from opensora_core.encoders.build import ensure_tiny_text_encoder
@@ -104,13 +100,10 @@ def main() -> None:
         for k, xs in probe.with_options(task_runner=dask_task_runner(workers=1))(a.tasks).items():
             got.setdefault(k, []).append(statistics.median(xs))
     got.update(_work_per_clip(cfg, tmp))
-    table = Table(title=f"Per call, 1 local worker, {a.rounds} rounds (median, min-max)")
-    table.add_column("what")
-    table.add_column("ms", justify="right")
-    for k, xs in got.items():
-        table.add_row(k, _ms(xs))
-    console = Console(width=120)
-    console.print(table)
+    rows = [{"what": k, "ms": median_spread(xs, 1e3, 1)} for k, xs in got.items()]
+    console = wide_console()
+    show(Report("dask_overhead", f"Per call, 1 local worker, {a.rounds} rounds (median, min-max)", rows, left=("what",)),
+         console)
     for f in failures:
         console.print(f"a round's first Prefect task run on a fresh worker failed after {f}")
 

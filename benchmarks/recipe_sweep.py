@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from opensora_core.bench.reporter import markdown_table
+
 
 class _CachedText:
     """A text encoder answering from a latent cache's stored embeddings."""
@@ -87,7 +89,7 @@ def score(path: Path, vae_dir: Path, manifest: Path):
     df = pd.DataFrame(table)
     cols = ["run", "step", "adherence_n", "color_acc", "color_chance", "motion_acc", "motion_chance",
             "direction_acc", "shape_acc"]
-    print(df[cols].to_string(index=False))
+    print(markdown_table(df[cols].to_dict("records")))
     df.to_csv(path.with_suffix(".csv"), index=False)
 
 

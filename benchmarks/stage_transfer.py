@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+from opensora_core.bench.reporter import markdown_table
 
 
 def main() -> None:
@@ -40,15 +43,19 @@ def main() -> None:
     rows = heldout_rows(base)
     texts = [r["text"] for r in rows]
     weights = load_ema_weights(base.paths.ckpt_dir(args.source))
-    print("| weights | sampled at | time_scale | colour | direction | samples |\n| --- | --- | --- | --- | --- | --- |")
+    table = []
     for ts in scales:
         cfg = load_config(overrides=[f"stages.{args.at}.time_scale={ts}"])
         model = build_stage_model(cfg, args.at)
         load_carried_weights(model, weights)
         videos = sample_seeds(cfg, model.eval(), vae, text, texts, progress=False)
         s, _ = M.adherence(videos, rows * cfg.eval.seeds)
-        print(f"| {args.source} | {args.at} | {ts:g} | {s['color_acc']:.3f} | {s['direction_acc']:.3f} | {s['adherence_n']:.0f} |",
+        table.append({"weights": args.source, "sampled at": args.at, "time_scale": f"{ts:g}",
+                      "colour": f"{s['color_acc']:.3f}", "direction": f"{s['direction_acc']:.3f}",
+                      "samples": f"{s['adherence_n']:.0f}"})
+        print(f"time_scale {ts:g}: colour {s['color_acc']:.3f}, direction {s['direction_acc']:.3f}", file=sys.stderr,
               flush=True)
+    print(markdown_table(table))
 
 
 if __name__ == "__main__":

@@ -150,16 +150,3 @@ def test_torch_engine_refuses_an_fsdp_checkpoint_with_a_clear_error(runs):
     with pytest.raises(ValueError, match="written by train.engine=fsdp"):
         sharded.check_engine(step_dir, "torch")
     assert sharded.check_engine(step_dir, "fsdp")
-
-
-def test_fsdp_on_2_ranks_holds_half_the_model_state_per_rank_of_ddp():
-    """`opensora bench model --engines torch,fsdp --nproc 2`'s rows: step time and model state per rank."""
-    from opensora_core.train.bench_engines import run_engine_benchmark
-
-    rows = run_engine_benchmark(["torch", "fsdp"], 2, steps=1, warmup=1, caption=(16, 8))
-    by = {(r["shape"], r["engine"]): r for r in rows}
-    assert {engine for _, engine in by} == {"torch", "fsdp"} and len(by) == len(rows) == 6
-    for shape in {shape for shape, _ in by}:
-        ddp, fsdp = by[(shape, "torch")], by[(shape, "fsdp")]
-        assert fsdp["state_MiB/rank"] == pytest.approx(ddp["state_MiB/rank"] / 2, rel=0.05)
-        assert ddp["step_ms"] > 0 and fsdp["step_ms"] > 0 and fsdp["ranks"] == 2

@@ -36,7 +36,7 @@ def test_bench_data_times_both_modes_and_logs_the_ratio_to_mlflow(tmp_path, monk
 def test_online_batches_carry_what_the_cache_holds(tmp_path):
     """Both modes feed the model the same shapes: the bench compares like with like."""
     from opensora_core.config import load_config
-    from opensora_core.data.bench import bench_inputs
+    from opensora_core.bench.data import bench_inputs
     from opensora_core.data.cache import LatentCacheDataset, build_latent_cache
     from opensora_core.data.dataset import VideoDataset
 

@@ -1,7 +1,7 @@
 """`opensora bench reference`: ours vs Open-Sora 1.0's STDiT, interleaved, on the same weights and inputs.
 
-CI has no network, so no Open-Sora checkout: these tests load tests/models/oracle_checkout (an
-Open-Sora-shaped folder whose STDiT is the float64 oracle of reference_stdit.py, importing xformers / timm /
+CI has no network, so no Open-Sora checkout: these tests load tests/bench/oracle_checkout (an
+Open-Sora-shaped folder whose STDiT is the float64 oracle of tests/models/reference_stdit.py, importing xformers / timm /
 mmengine like the real file) through the same loader. With OPENSORA_REFERENCE=DIR (a real v1.0.0 checkout)
 the last test also checks our model against Open-Sora's own code.
 """
@@ -16,9 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from opensora_core.models import build_model
-from opensora_core.models import reference_benchmark as rb
-from opensora_core.models.opensora_reference import ReferenceCheckoutError, build_reference_like, load_reference_stdit
+from opensora_core.bench import reference as rb
+from opensora_core.bench.opensora_reference import ReferenceCheckoutError, build_reference_like, load_reference_stdit
+from opensora_core.bench.step import interleaved_times
+from opensora_core.models.registry import build_model
 
 ORACLE_CHECKOUT = Path(__file__).parent / "oracle_checkout"
 SMALL = dict(depth=1, hidden_size=32, num_heads=4, latent=(2, 4, 4), batch_size=2, caption_tokens=6,
@@ -42,7 +43,7 @@ def test_benchmark_times_both_models_interleaved_and_checks_they_compute_the_sam
 def test_rounds_alternate_the_order_of_the_contenders():
     calls = []
     steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    times = rb.interleaved_times(steps, rounds=3, steps_per_round=1, device=torch.device("cpu"))
+    times = interleaved_times(steps, rounds=3, steps_per_round=1, device=torch.device("cpu"))
     assert calls == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert {k: (len(v["wall"]), len(v["cpu"])) for k, v in times.items()} == {"a": (3, 3), "b": (3, 3), "c": (3, 3)}
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from opensora_core.models import benchmark
+from opensora_core.bench import model as benchmark
 
 
 @pytest.fixture

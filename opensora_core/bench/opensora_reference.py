@@ -9,7 +9,7 @@ timm and mmengine at module level; where those are not installed, small stand-in
   cross-attention packs the batch into one sequence; the stand-in attends block by block with
   ``scaled_dot_product_attention`` (one call per sample, the work xformers does, no dense mask).
 - ``timm.models.vision_transformer.Mlp`` (fc1 -> act -> fc2, timm's parameter names) and
-  ``timm.models.layers.DropPath`` (only built when drop_path > 0).
+  ``timm.models.layers.DropPath`` (only built when drop_path > 0, which the benchmark never asks for).
 - ``mmengine.registry.Registry`` (a decorator that returns what it registers).
 
 Open-Sora's ``opensora/__init__.py`` and ``opensora/models/__init__.py`` import every model and encoder
@@ -82,6 +82,18 @@ class _Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class _DropPath(nn.Module):
+    """Open-Sora builds DropPath only for drop_path > 0; the benchmark keeps Open-Sora 1.0's default of 0."""
+
+    def __init__(self, drop_prob: float = 0.0, **_):
+        super().__init__()
+        if drop_prob:
+            raise NotImplementedError("the stand-in has no stochastic depth (the benchmark trains with drop_path 0)")
+
+    def forward(self, x):
+        return x
+
+
 class _Registry:
     def __init__(self, name, *args, **kwargs):
         self.name = name
@@ -99,11 +111,9 @@ def _module(name: str, **attrs) -> types.ModuleType:
 
 
 def _stand_ins() -> dict[str, types.ModuleType]:
-    from opensora_core.models.layers import DropPath
-
     fmha = _module("xformers.ops.fmha", BlockDiagonalMask=_BlockDiagonalMask)
     ops = _module("xformers.ops", memory_efficient_attention=_memory_efficient_attention, fmha=fmha)
-    timm_layers = _module("timm.models.layers", DropPath=DropPath)
+    timm_layers = _module("timm.models.layers", DropPath=_DropPath)
     timm_vit = _module("timm.models.vision_transformer", Mlp=_Mlp)
     timm_models = _module("timm.models", layers=timm_layers, vision_transformer=timm_vit)
     mods = {

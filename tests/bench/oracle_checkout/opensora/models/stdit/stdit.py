@@ -5,13 +5,22 @@ It imports what Open-Sora's real stdit.py imports at the top (xformers, timm, mm
 through ``load_reference_stdit`` exercises the benchmark's stand-ins too.
 """
 
+import importlib.util
+from pathlib import Path
+
 import torch.nn as nn
 import xformers.ops  # noqa: F401  (the stand-in, where xformers is not installed)
 from mmengine.registry import Registry
 from timm.models.vision_transformer import Mlp  # noqa: F401
 
 from opensora_core.models import STDiT as _LayoutSource
-from reference_stdit import reference_stdit_forward
+
+# the oracle lives with the model tests (tests/models/reference_stdit.py); loaded by path, as a checkout would
+_ORACLE = Path(__file__).resolve().parents[5] / "models" / "reference_stdit.py"
+_spec = importlib.util.spec_from_file_location("_reference_stdit_oracle", _ORACLE)
+_oracle = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_oracle)
+reference_stdit_forward = _oracle.reference_stdit_forward
 
 MODELS = Registry("models")
 

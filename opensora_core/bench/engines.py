@@ -1,10 +1,11 @@
 """Training-step time and memory per engine (torch DDP vs FSDP2) on N ranks, for `opensora bench model
 --engines torch,fsdp --nproc N`.
 
-Run under torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m
-opensora_core.train.bench_engines OUT.json ENGINES STEPS WARMUP DEVICE [CAPTION_CHANNELS MAX_LENGTH]`, or
-`run_engine_benchmark`): every rank builds the STDiT of each shape of models/benchmark.py, wraps it with the engine, and times forward + backward + clip + AdamW step
-(the loop's `engine.backward_step`) on random latents. Rank 0 writes one row per (shape, engine):
+``run_engine_benchmark`` runs this module under torchrun (`python -m torch.distributed.run --standalone
+--nproc-per-node N -m opensora_core.bench.engines OUT.json ENGINES STEPS WARMUP DEVICE [CAPTION_CHANNELS
+MAX_LENGTH [SHAPES_JSON]]`): every rank builds the STDiT of each shape of ``bench.model`` (or the shapes given), wraps it with the engine, and times
+``step.training_step`` with the loop's ``engine.backward_step`` (backward + clip + AdamW step) on random
+latents. Rank 0 writes one row per (shape, engine):
 
     step_ms          rank 0's wall time per step (the ranks run in lock-step)
     state_MiB/rank   the model state one rank holds: weights + gradients + AdamW moments (its shards under
@@ -15,16 +16,23 @@ opensora_core.train.bench_engines OUT.json ENGINES STEPS WARMUP DEVICE [CAPTION_
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
-import time
+import tempfile
+from dataclasses import asdict
 
 import torch
 import torch.distributed as dist
 
-from opensora_core.models.benchmark import CPU_SHAPES, GPU_SHAPES, BenchShape
+from opensora_core.bench.model import CPU_SHAPES, GPU_SHAPES, BenchShape
+from opensora_core.bench.reporter import Report
+from opensora_core.bench.step import random_inputs, time_steps, training_step
+from opensora_core.models.registry import build_model
 from opensora_core.train.distributed import destroy_distributed, init_distributed
 from opensora_core.train.engines import make_engine
 from opensora_core.train.precision import LossScaler
+
+ENGINES = ("torch", "fsdp")
 
 
 def _local_bytes(t: torch.Tensor) -> int:
@@ -41,8 +49,7 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int
 
 def bench_engine(engine_name: str, shape: BenchShape, env, steps: int, warmup: int, size: str,
                  model_overrides: dict) -> dict:
-    from opensora_core.models.registry import build_model
-
+    """One row: STDiT at ``shape`` wrapped by ``engine_name`` on this process group, timed."""
     torch.manual_seed(0)
     name = "STDiT-XL/2" if size == "xl2" else "STDiT-tiny"
     model = build_model(name, input_size=shape.latent, grad_checkpoint=shape.grad_checkpoint, **model_overrides)
@@ -51,39 +58,17 @@ def bench_engine(engine_name: str, shape: BenchShape, env, steps: int, warmup: i
     ref = engine.unwrap(wrapped)
     optimizer = engine.make_optimizer(ref, 2e-5)
     scaler = LossScaler(False)
-    dev, b, n_cap = env.device, shape.batch_size, ref.model_max_length
-    g = torch.Generator().manual_seed(env.rank)
-    x = torch.randn(b, ref.in_channels, *shape.latent, generator=g).to(dev)
-    y = torch.randn(b, 1, n_cap, ref.caption_channels, generator=g).to(dev)
-    mask = torch.ones(b, n_cap, dtype=torch.long, device=dev)
-    t = torch.randint(0, 1000, (b,), generator=g).to(dev)
-    target = torch.randn(b, ref.out_channels, *shape.latent, generator=g).to(dev)
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-
-    def step():
-        with amp:
-            loss = torch.nn.functional.mse_loss(wrapped(x, t, y, mask), target)
-        optimizer.zero_grad(set_to_none=True)
-        engine.backward_step(loss, optimizer, ref, scaler, 1.0)
-
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    for _ in range(warmup):
-        step()
-    if dist.is_initialized():
-        dist.barrier()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    seconds = (time.perf_counter() - start) / steps
+    dev, b = env.device, shape.batch_size
+    inputs = random_inputs(ref, shape.latent, b, dev, seed=env.rank, padding="none")
+    step = training_step(wrapped, optimizer, inputs, torch.bfloat16 if dev.type == "cuda" else None,
+                         backward=lambda loss: engine.backward_step(loss, optimizer, ref, scaler, 1.0))
+    timing = time_steps(step, steps, warmup, dev, barrier=dist.barrier if dist.is_initialized() else None)
     row = {"engine": engine_name, "ranks": env.world_size, "shape": shape.name, "batch/rank": b,
-           "ckpt": shape.grad_checkpoint, "step_ms": round(seconds * 1e3, 2),
-           "samples/s": round(b * env.world_size / seconds, 3),
+           "ckpt": shape.grad_checkpoint, "step_ms": round(timing.seconds * 1e3, 2),
+           "samples/s": round(b * env.world_size / timing.seconds, 3),
            "state_MiB/rank": round(state_bytes(ref, optimizer) / 2**20, 2)}
-    if dev.type == "cuda":
-        peak = torch.tensor([torch.cuda.max_memory_allocated(dev)], device=dev, dtype=torch.float64)
+    if timing.peak_mem_bytes is not None:
+        peak = torch.tensor([timing.peak_mem_bytes], device=dev, dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         row["peak_mem_GiB"] = round(float(peak) / 2**30, 2)
@@ -91,31 +76,44 @@ def bench_engine(engine_name: str, shape: BenchShape, env, steps: int, warmup: i
 
 
 def run_engine_benchmark(engines: list[str], nproc: int, steps: int = 5, warmup: int = 2, device: str = "cpu",
-                         caption: tuple[int, int] | None = None) -> list[dict]:
-    """Run this module under torchrun on `nproc` local ranks; returns rank 0's rows."""
-    import subprocess
-    import tempfile
-
+                         caption: tuple[int, int] | None = None,
+                         shapes: tuple[BenchShape, ...] | None = None) -> list[dict]:
+    """Run this module under torchrun on `nproc` local ranks; returns rank 0's rows. ``caption``: (caption
+    channels, caption tokens) of the model; ``shapes``: default ``bench.model``'s GPU or CPU shapes."""
     with tempfile.TemporaryDirectory() as tmp:
         out = f"{tmp}/rows.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-               "-m", "opensora_core.train.bench_engines", out, ",".join(engines), str(steps), str(warmup), device,
-               *(str(c) for c in caption or ())]
+               "-m", "opensora_core.bench.engines", out, ",".join(engines), str(steps), str(warmup), device,
+               *(str(c) for c in caption or ("", "")), json.dumps([asdict(s) for s in shapes or ()])]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            lines = [line for line in proc.stderr.splitlines() if line.strip().strip("=*-")]
+            errors = [line for line in lines if "Error" in line]  # the rank's exception, not torchrun's banner
+            last = (errors or lines or ["no output"])[-1].strip()
             raise RuntimeError(f"engine benchmark failed (exit {proc.returncode}): {last}")
         with open(out) as f:
             return json.load(f)
 
 
+def engines_report(rows: list[dict], engines: list[str], nproc: int) -> Report:
+    """The table and the MLflow params and metrics of an engine benchmark."""
+    metrics = {}
+    for r in rows:
+        key = f"{r['engine']}.{r['shape']}"
+        metrics.update({f"{key}.step_ms": r["step_ms"], f"{key}.state_MiB_per_rank": r["state_MiB/rank"]})
+    return Report("engines", f"STDiT training step per engine, {nproc} ranks", rows, left=("engine", "shape"),
+                  params={"engines": ",".join(engines), "nproc": nproc}, metrics=metrics,
+                  run_name=f"bench-engines-{nproc}")
+
+
 def main(out: str, engines: str, steps: str = "5", warmup: str = "2", device: str = "cpu",
-         caption_channels: str = "", model_max_length: str = "") -> None:
+         caption_channels: str = "", model_max_length: str = "", shapes_json: str = "") -> None:
     env = init_distributed(device)
     if env.device.type == "cpu":
         torch.set_num_threads(1)  # tiny ops on a shared machine: one thread per rank is faster and steadier
     size = "xl2" if env.device.type == "cuda" else "tiny"
-    shapes = GPU_SHAPES if size == "xl2" else CPU_SHAPES
+    shapes = [BenchShape(s["name"], tuple(s["latent"]), s["batch_size"], s["grad_checkpoint"])
+              for s in json.loads(shapes_json or "[]")] or (GPU_SHAPES if size == "xl2" else CPU_SHAPES)
     overrides = {k: int(v) for k, v in (("caption_channels", caption_channels),
                                         ("model_max_length", model_max_length)) if v}
     rows = [bench_engine(e, shape, env, int(steps), int(warmup), size, overrides)

@@ -1,17 +1,21 @@
-"""Training-step throughput of DiT (full attention) vs STDiT: the Open-Sora 1.0 report's ablation.
+"""Training-step throughput of DiT (full attention) vs STDiT: the Open-Sora 1.0 report's ablation
+(`opensora bench model`).
 
-One step = forward + backward + AdamW step on random latents / captions (the model cost only: no VAE, no
-T5, no data loading). Three shapes mirror the report's 16x256, 16x512 and 64x512 (the 64-frame one with
-gradient checkpointing). On CUDA the real XL/2 sizes run in bf16 autocast; on CPU the tiny sizes run at a
-quarter of the frames and of the latent side, so the whole table takes about a minute.
+One step = forward + backward + AdamW step on random latents and captions (``step.training_step``: the model
+cost only, no VAE, no T5, no data loading). Three shapes mirror the report's 16x256, 16x512 and 64x512 (the
+64-frame one with gradient checkpointing). On CUDA the XL/2 sizes run in bf16 autocast; on the CPU the tiny
+sizes run at a quarter of the frames and of the latent side.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
+
+from opensora_core.bench.reporter import Report
+from opensora_core.bench.step import random_inputs, time_steps, training_step
+from opensora_core.models.registry import build_model
 
 
 @dataclass(frozen=True)
@@ -35,57 +39,28 @@ CPU_SHAPES = (
 )
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def bench_one(model_name: str, shape: BenchShape, device: torch.device, steps: int, warmup: int,
               model_overrides: dict, amp_dtype: torch.dtype | None, peak_tflops: float | None) -> dict:
     """Time ``steps`` training steps after ``warmup`` ones; returns a table row."""
-    from opensora_core.models.registry import build_model
-
     torch.manual_seed(0)
     model = build_model(model_name, input_size=shape.latent, grad_checkpoint=shape.grad_checkpoint,
-                        **model_overrides).to(device).train()
+                        **model_overrides).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.0)
-    b, n_cap = shape.batch_size, model.model_max_length
-    x = torch.randn(b, model.in_channels, *shape.latent, device=device)
-    y = torch.randn(b, 1, n_cap, model.caption_channels, device=device)
-    mask = torch.ones(b, n_cap, dtype=torch.long, device=device)
-    mask[:, n_cap // 2:] = 0  # half-length captions: the masked path is the one training uses
-    t = torch.randint(0, 1000, (b,), device=device)
-    target = torch.randn(b, model.out_channels, *shape.latent, device=device)
-
-    def step():
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = torch.nn.functional.mse_loss(model(x, t, y, mask), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)  # the only host sync: at the end of the timed steps
-    seconds = (time.perf_counter() - start) / steps
-    samples = b / seconds
+    inputs = random_inputs(model, shape.latent, shape.batch_size, device, padding="half")
+    timing = time_steps(training_step(model, opt, inputs, amp_dtype), steps, warmup, device)
+    b, tokens = shape.batch_size, model.num_tokens(shape.latent)
+    samples = b / timing.seconds
     tflops = model.flops_per_sample(shape.latent) * samples / 1e12
     row = {
         "model": model_name, "shape": shape.name, "latent": "x".join(map(str, shape.latent)), "batch": b,
-        "ckpt": shape.grad_checkpoint, "tokens": model.num_tokens(shape.latent),
-        "step_ms": round(seconds * 1e3, 2), "samples/s": round(samples, 3),
-        "tokens/s": round(samples * model.num_tokens(shape.latent), 1), "TFLOP/s": round(tflops, 4),
+        "ckpt": shape.grad_checkpoint, "tokens": tokens,
+        "step_ms": round(timing.seconds * 1e3, 2), "samples/s": round(samples, 3),
+        "tokens/s": round(samples * tokens, 1), "TFLOP/s": round(tflops, 4),
     }
     if peak_tflops:
         row["MFU"] = round(tflops / peak_tflops, 4)
-    if device.type == "cuda":
-        row["peak_mem_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    if timing.peak_mem_bytes is not None:
+        row["peak_mem_GiB"] = round(timing.peak_mem_bytes / 2**30, 2)
     del model, opt
     return row
 
@@ -120,3 +95,18 @@ def speedups(rows: list[dict]) -> dict[str, float]:
     by = {(r["shape"], r["model"].split("-")[0]): r["samples/s"] for r in rows}
     return {shape: round(by[(shape, "STDiT")] / by[(shape, "DiT")], 2)
             for shape, kind in by if kind == "STDiT" and (shape, "DiT") in by}
+
+
+def model_report(rows: list[dict], device: str, size: str) -> Report:
+    """The table, the STDiT / DiT line and the MLflow params and metrics of a model benchmark."""
+    ratio = speedups(rows)
+    metrics = {f"speedup.{k.split(' ')[0]}": v for k, v in ratio.items()}
+    for r in rows:
+        key = f"{r['model'].replace('/', '_')}.{r['shape'].split(' ')[0]}"
+        metrics.update({f"{key}.samples_per_s": r["samples/s"], f"{key}.tokens_per_s": r["tokens/s"],
+                        f"{key}.step_ms": r["step_ms"]})
+    return Report(
+        "model", f"DiT vs STDiT training throughput ({device})", rows, left=("model", "shape"),
+        lines=["STDiT / DiT samples/s: " + ", ".join(f"{k}: {v}x" for k, v in ratio.items())],
+        params={"device": device, "size": size, "torch": torch.__version__}, metrics=metrics,
+        tags={"device": device}, run_name=f"bench-model-{device}")

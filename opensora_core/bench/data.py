@@ -13,26 +13,30 @@ measure) and the project's frozen random tiny T5.
 
 from __future__ import annotations
 
-import logging
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
-
+from opensora_core.bench.reporter import Report
+from opensora_core.bench.step import time_steps
+from opensora_core.data.cache import LatentCacheDataset, build_latent_cache
+from opensora_core.data.caption import SyntheticCaptioner, caption_manifest
+from opensora_core.data.dataset import VideoDataset
+from opensora_core.data.synthetic import generate_synthetic
+from opensora_core.diffusion import IDDPM
+from opensora_core.encoders import VideoAutoencoderKL, build_text_encoder, build_vae
+from opensora_core.encoders.text import T5Encoder
+from opensora_core.encoders.tiny_text import create_tiny_text_encoder
+from opensora_core.encoders.vae_train import tiny_autoencoder
+from opensora_core.models.stage import build_stage_model, latent_size
 
 def bench_inputs(cfg, workdir: Path, num_clips: int = 32) -> tuple[Path, object, object, list[str]]:
     """(captioned manifest, VAE, text encoder, notes on what was built in `workdir` instead of taken from the run)."""
-    from opensora_core.encoders import VideoAutoencoderKL, build_text_encoder, build_vae
-    from opensora_core.encoders.text import T5Encoder
-
     notes: list[str] = []
     manifest = cfg.paths.manifest
     if not manifest.exists():
-        from opensora_core.data.caption import SyntheticCaptioner, caption_manifest
-        from opensora_core.data.synthetic import generate_synthetic
-
         frames = max(cfg.data.video_frames or 0, max(s.num_frames * s.frame_interval for s in map(cfg.stage, cfg.stage_names())))
         size = max(cfg.data.video_size or 0, max(cfg.stage(s).image_size for s in cfg.stage_names()))
         raw = generate_synthetic(workdir / "raw", num_clips, frames, size, seed=cfg.seed, workers=1, progress=False)
@@ -41,8 +45,6 @@ def bench_inputs(cfg, workdir: Path, num_clips: int = 32) -> tuple[Path, object,
     try:
         vae = build_vae(cfg)
     except FileNotFoundError:
-        from opensora_core.encoders.vae_train import tiny_autoencoder
-
         tiny_autoencoder(cfg.vae.latent_channels, cfg.vae.downsample, seed=cfg.seed).save_pretrained(workdir / "vae")
         vae = VideoAutoencoderKL.from_pretrained(workdir / "vae", scaling_factor=cfg.vae.scaling_factor,
                                                  micro_batch_size=cfg.vae.micro_batch_size)
@@ -51,8 +53,6 @@ def bench_inputs(cfg, workdir: Path, num_clips: int = 32) -> tuple[Path, object,
     try:
         text_encoder = build_text_encoder(cfg)
     except FileNotFoundError:
-        from opensora_core.encoders.tiny_text import create_tiny_text_encoder
-
         te = cfg.text_encoder
         create_tiny_text_encoder(workdir / "t5", hidden_size=te.hidden_size, model_max_length=te.model_max_length, seed=cfg.seed)
         text_encoder = T5Encoder.from_pretrained(workdir / "t5", model_max_length=te.model_max_length)
@@ -60,26 +60,26 @@ def bench_inputs(cfg, workdir: Path, num_clips: int = 32) -> tuple[Path, object,
     return Path(manifest), vae.eval(), text_encoder.eval(), notes
 
 
-def _timed_steps(model, diffusion, opt, next_batch, steps: int, warmup: int, num_tokens: int) -> dict:
-    """Run warmup + steps training steps; next_batch() -> (x [B,C,T,h,w], y [B,1,N,Cc], mask [B,N])."""
-    data_s = step_s = 0.0
-    n = 0
-    for i in range(warmup + steps):
+def _timed_steps(model, diffusion, opt, next_batch, steps: int, warmup: int, num_tokens: int, batch_size: int) -> dict:
+    """Time training steps (IDDPM loss) on batches from next_batch() -> (x [B,C,T,h,w], y [B,1,N,Cc], mask [B,N]);
+    the time spent in next_batch is counted apart as data_ms."""
+    data_s: list[float] = []
+
+    def step() -> None:
         t0 = time.perf_counter()
         x, y, mask = next_batch()
-        t1 = time.perf_counter()
+        data_s.append(time.perf_counter() - t0)
         t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],))
         loss = diffusion.training_losses(model, x, t, model_kwargs={"y": y, "mask": mask})["loss"].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        t2 = time.perf_counter()
-        if i >= warmup:
-            data_s, step_s, n = data_s + t1 - t0, step_s + t2 - t1, n + x.shape[0]
-    total = data_s + step_s
-    return {"batch": x.shape[0], "steps": steps, "data_ms": round(1e3 * data_s / steps, 2),
-            "model_ms": round(1e3 * step_s / steps, 2), "step_ms": round(1e3 * total / steps, 2),
-            "samples/s": round(n / total, 3), "tokens/s": round(n * num_tokens / total, 1)}
+
+    seconds = time_steps(step, steps, warmup, torch.device("cpu")).seconds
+    data = sum(data_s[warmup:]) / steps
+    return {"batch": batch_size, "steps": steps, "data_ms": round(1e3 * data, 2),
+            "model_ms": round(1e3 * (seconds - data), 2), "step_ms": round(1e3 * seconds, 2),
+            "samples/s": round(batch_size / seconds, 3), "tokens/s": round(batch_size * num_tokens / seconds, 1)}
 
 
 def _cycle(n: int, batch_size: int):
@@ -93,13 +93,6 @@ def run_data_benchmark(cfg, stage: str, steps: int = 5, warmup: int = 1, batch_s
                        workdir: str | Path | None = None, threads: int | None = 1, on_row=None) -> tuple[list[dict], list[str]]:
     """Cached vs online training throughput of `stage`; returns (rows, notes). Rows: mode, stage, batch, steps,
     data_ms (batch loading: shard read, or decode + VAE + T5), model_ms, step_ms, samples/s, tokens/s."""
-    import tempfile
-
-    from opensora_core.data.cache import LatentCacheDataset, build_latent_cache
-    from opensora_core.data.dataset import VideoDataset
-    from opensora_core.diffusion import IDDPM
-    from opensora_core.models.stage import build_stage_model, latent_size
-
     if threads:
         torch.set_num_threads(threads)  # tiny ops: steadier on a shared machine (both modes alike)
     st = cfg.stage(stage)
@@ -137,7 +130,7 @@ def run_data_benchmark(cfg, stage: str, steps: int = 5, warmup: int = 1, batch_s
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=0.0)
             row = {"mode": mode, "stage": stage,
                    **_timed_steps(model, diffusion, opt, lambda b=batches: next(b), steps, warmup,
-                                  model.num_tokens(latent_size(cfg, stage)))}
+                                  model.num_tokens(latent_size(cfg, stage)), bs)}
             rows.append(row)
             if on_row:
                 on_row(row)
@@ -148,3 +141,17 @@ def cache_speedup(rows: list[dict]) -> float:
     """Cached samples/s over online samples/s."""
     by = {r["mode"]: r["samples/s"] for r in rows}
     return round(by["cached"] / by["online"], 2)
+
+
+def data_report(rows: list[dict], notes: list[str], stage: str, steps: int) -> Report:
+    """The table, the ratio and notes lines, and the MLflow params and metrics of a data benchmark."""
+    ratio = cache_speedup(rows)
+    metrics = {"cache_speedup": ratio}
+    for r in rows:
+        metrics.update({f"{r['mode']}.samples_per_s": r["samples/s"], f"{r['mode']}.tokens_per_s": r["tokens/s"],
+                        f"{r['mode']}.data_ms": r["data_ms"], f"{r['mode']}.step_ms": r["step_ms"]})
+    return Report(
+        "data", f"Training throughput, latent cache vs online encoding ({stage}, cpu)", rows, left=("mode", "stage"),
+        lines=[f"cached / online samples/s: {ratio}x", *(f"note: {note}" for note in notes)],
+        params={"stage": stage, "steps": steps, "batch_size": rows[0]["batch"]}, metrics=metrics,
+        tags={"notes": " | ".join(notes)[:4000]}, run_name=f"bench-data-{stage}", stage=stage)

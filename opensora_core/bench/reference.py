@@ -1,12 +1,13 @@
-"""Our STDiT vs Open-Sora 1.0's own STDiT: training-step tokens/s, same weights and inputs, one process.
+"""Our STDiT vs Open-Sora 1.0's own STDiT: training-step tokens/s, same weights and inputs, one process
+(`opensora bench reference`).
 
 Both models are built from one set of weights (the reference gets a strict copy of our state dict) and first
-shown to compute the same function (max |difference| of one eval forward is a column of the table). Then
-each contender runs ``warmup`` untimed steps and ``rounds`` timed rounds, interleaved (round r runs the
-contenders in order, round r+1 in reverse), so the load of a shared machine hits both alike; a row gives the
-median tokens/s over the rounds and the min-max, and the median CPU time of the process per step (on a
-CPU shared with other jobs, wall time mostly measures the waiting; CPU time counts the work). A step = forward + MSE loss + backward + AdamW step on
-random latents and captions, half of one caption masked (the packed / padded cross-attention path).
+shown to compute the same function (max |difference| of one eval forward is a column of the table). Then each
+contender runs ``warmup`` untimed steps and ``rounds`` timed rounds, interleaved (``step.interleaved_times``);
+a row gives the median tokens/s over the rounds and the min-max, and the median CPU time of the process per
+step (on a CPU shared with other jobs, wall time mostly measures the waiting; CPU time counts the work). A step
+is ``step.training_step`` on random latents and captions, half of one caption masked (the packed / padded
+cross-attention path).
 
 Caption dropout is off (class_dropout_prob 0): Open-Sora 1.0's token_drop calls ``.cuda()``, and dropout
 does not change the work of a step.
@@ -19,15 +20,22 @@ and the steps it takes to pay it back against eager "ours".
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
+from opensora_core.bench.opensora_reference import build_reference_like, load_reference_stdit
+from opensora_core.bench.reporter import Report
+from opensora_core.bench.step import interleaved_times, random_inputs, sync, training_step
+from opensora_core.models.registry import build_model
+
 OPTIMIZER_FORMS = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+EXTRA_ROWS = ("foreach", "fused", "compile")  # `--also`: rows of ours with another AdamW form, or compiled
 
 
 @dataclass(frozen=True)
@@ -65,41 +73,16 @@ class Contender:
 
 
 def bench_inputs(cfg: ReferenceBenchConfig, model: nn.Module, device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    b, n = cfg.batch_size, cfg.caption_tokens
-    mask = torch.ones(b, n, dtype=torch.long)
-    mask[-1, n // 2:] = 0  # half of one caption is padding
-    tensors = dict(
-        x=torch.randn(b, model.in_channels, *cfg.latent, generator=g),
-        timestep=torch.randint(0, 1000, (b,), generator=g).float(),
-        y=torch.randn(b, 1, n, cfg.caption_channels, generator=g),
-        mask=mask,
-        target=torch.randn(b, model.out_channels, *cfg.latent, generator=g),
-    )
-    return {k: v.to(device) for k, v in tensors.items()}
+    """The step's inputs: ``step.random_inputs`` of the configured latent and batch, half of the last caption padded."""
+    return random_inputs(model, cfg.latent, cfg.batch_size, device, seed=cfg.seed + 1, padding="last")
 
 
 def make_step(model: nn.Module, optimizer_form: str, inputs: dict, compiled: bool = False) -> Callable[[], None]:
-    """One training step of ``model`` (forward, MSE, backward, AdamW) on fixed inputs."""
+    """One training step of ``model`` (forward, MSE, backward, AdamW in ``optimizer_form``) on fixed inputs."""
     if optimizer_form not in OPTIMIZER_FORMS:
         raise ValueError(f"optimizer must be one of {sorted(OPTIMIZER_FORMS)}, got {optimizer_form!r}")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, eps=1e-8, **OPTIMIZER_FORMS[optimizer_form])
-    forward = torch.compile(model) if compiled else model
-    model.train()
-
-    def step() -> None:
-        out = forward(inputs["x"], inputs["timestep"], inputs["y"], inputs["mask"])
-        loss = torch.nn.functional.mse_loss(out, inputs["target"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return training_step(model, opt, inputs, forward=torch.compile(model) if compiled else model)
 
 
 def max_output_difference(a: nn.Module, b: nn.Module, inputs: dict) -> float:
@@ -109,31 +92,9 @@ def max_output_difference(a: nn.Module, b: nn.Module, inputs: dict) -> float:
         return float((a.eval()(*args) - b.eval()(*args)).abs().max())
 
 
-def interleaved_times(steps: dict[str, Callable[[], None]], rounds: int, steps_per_round: int,
-                      device: torch.device, on_round=None) -> dict[str, dict[str, list[float]]]:
-    """Seconds per step of each contender in each round, wall clock ("wall") and this process's CPU time
-    ("cpu": on a CPU shared with other jobs it counts the work, not the waiting); the order alternates."""
-    names = list(steps)
-    times = {name: {"wall": [], "cpu": []} for name in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            _sync(device)
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(steps_per_round):
-                steps[name]()
-            _sync(device)
-            times[name]["cpu"].append((time.process_time() - cpu) / steps_per_round)
-            times[name]["wall"].append((time.perf_counter() - wall) / steps_per_round)
-        if on_round:
-            on_round(r, {name: t["wall"][-1] for name, t in times.items()})
-    return times
-
-
 def run_reference_benchmark(contenders: list[Contender], cfg: ReferenceBenchConfig = ReferenceBenchConfig(),
                             device: str = "cpu", on_round=None, log=print) -> list[dict]:
     """Rows (one per contender, the first being the baseline of the ratio column); see the module doc."""
-    from opensora_core.models.registry import build_model
-
     dev = torch.device(device)
     if cfg.threads and dev.type == "cpu":
         torch.set_num_threads(cfg.threads)
@@ -150,7 +111,7 @@ def run_reference_benchmark(contenders: list[Contender], cfg: ReferenceBenchConf
     for c in contenders:
         start = time.perf_counter()
         steps[c.name]()  # the first step: compiles when asked, so time it apart
-        _sync(dev)
+        sync(dev)
         c.extra["first_step_s"] = time.perf_counter() - start
         for _ in range(max(cfg.warmup - 1, 0)):
             steps[c.name]()
@@ -198,14 +159,39 @@ def _randomize_zero_init(model: nn.Module, seed: int) -> None:
 
 
 def ours_contender(name: str = "ours", optimizer: str = "for-loop", compile: bool = False) -> Contender:
-    import copy
-
     return Contender(name, lambda ours: copy.deepcopy(ours), optimizer, compile)
 
 
 def opensora_contender(checkout, optimizer: str = "for-loop") -> Contender:
     """Open-Sora 1.0's STDiT from a checkout of hpcaitech/Open-Sora v1.0.0 (see opensora_reference)."""
-    from opensora_core.models.opensora_reference import build_reference_like, load_reference_stdit
-
     reference_cls = load_reference_stdit(checkout)
     return Contender("Open-Sora 1.0", lambda ours: build_reference_like(reference_cls, ours), optimizer)
+
+
+def contenders_for(checkout, also: list[str] = ()) -> list[Contender]:
+    """Open-Sora 1.0 (the baseline), ours, and a row of ours per ``also`` entry (one of EXTRA_ROWS).
+    Raises ReferenceCheckoutError when ``checkout`` holds no Open-Sora 1.0."""
+    contenders = [opensora_contender(checkout), ours_contender()]
+    for extra in also:
+        contenders.append(ours_contender(f"ours, {extra}", optimizer=extra if extra != "compile" else "for-loop",
+                                         compile=extra == "compile"))
+    return contenders
+
+
+def reference_report(rows: list[dict], cfg: ReferenceBenchConfig, device: str, checkout) -> Report:
+    """The table, the ratio lines and the MLflow params and metrics of a reference benchmark."""
+    latent = "x".join(map(str, cfg.latent))
+    metrics = {}
+    for r in rows:
+        key = r["model"].replace(" ", "_").replace(",", "").replace(".", "_")
+        metrics.update({f"{key}.tokens_per_s": r["tokens/s"], f"{key}.step_ms": r["step_ms"],
+                        f"{key}.ratio": r["ratio"], f"{key}.max_abs_diff": r["max|diff|"]})
+    return Report(
+        "reference",
+        f"STDiT training step, ours vs Open-Sora 1.0 ({device}, {cfg.threads or 'default'} threads, latent "
+        f"{latent}, batch {cfg.batch_size}, median of {cfg.rounds} interleaved rounds)",
+        rows, left=("model", "optimizer"),
+        lines=[f"{r['model']} / Open-Sora 1.0 tokens/s: {r['ratio']}x" for r in rows[1:]],
+        params={"device": device, "torch": torch.__version__, "reference": str(checkout),
+                **{k: str(v) for k, v in asdict(cfg).items()}},
+        metrics=metrics, tags={"device": device}, run_name=f"bench-reference-{device}")
