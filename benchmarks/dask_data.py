@@ -83,9 +83,8 @@ def main() -> None:
         c.setdefault("step s", []).append(seconds)
         if wall is not None:
             c.setdefault("start-up s", []).append(wall - seconds)
-        for k in ("cluster_s", "chunks", "setup_s", "work_s"):
-            if workers:
-                c.setdefault(k.replace("_", " "), []).append(workers[k])
+        for k, v in (workers or {}).items():  # the Dask step's chunks and the workers' setup / work seconds
+            c.setdefault(k.replace("_", " "), []).append(v)
 
     enc = params(tmp / "enc").load()
     tiny_autoencoder(seed=0).save_pretrained(enc.paths.vae_dir)

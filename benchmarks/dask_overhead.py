@@ -17,6 +17,7 @@ scene split of a 32-frame 32 px file; VAE + text encoding of one 4-frame clip) f
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -106,6 +107,7 @@ def main() -> None:
          console)
     for f in failures:
         console.print(f"a round's first Prefect task run on a fresh worker failed after {f}")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _work_per_clip(cfg, tmp: Path) -> dict[str, list[float]]:
