@@ -107,6 +107,7 @@ def test_the_pipeline_trains_on_a_captions_csv(clips_csv, tmp_path):
     from opensora_core.data.stages import caption_data, prepare_data
     from opensora_core.encoders.build import ensure_tiny_text_encoder
     from opensora_core.encoders.vae_train import tiny_autoencoder
+    from opensora_core.eval.watch import TrainingWatcher
     from opensora_core.train.loop import train_stage
 
     stage = "pretrain_256"
@@ -126,7 +127,7 @@ def test_the_pipeline_trains_on_a_captions_csv(clips_csv, tmp_path):
     cache = LatentCacheDataset(build_latent_cache(cfg, stage, progress=False))
     assert sorted(cache.texts) == sorted([BUNNY, CARPHONE])
 
-    summary = train_stage(cfg, stage, track=False)
+    summary = train_stage(cfg, stage, track=False, watcher=TrainingWatcher.for_stage)
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
 
 
