@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from opensora_core.net import free_port
 from opensora_core.train.watchdog import StepWatchdog
 
 _watchdog: StepWatchdog | None = None  # set by init_distributed for multi-rank jobs
@@ -78,13 +79,9 @@ def ensure_process_group(device: torch.device) -> None:
     re-initializes the group unconditionally and reseeds every RNG, which would break exact resume."""
     if dist.is_initialized():
         return
-    import socket
-
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ["MASTER_PORT"] = str(free_port())
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
 

@@ -10,7 +10,7 @@ from opensora_core.train.checkpoint import load_ema_weights
 from opensora_core.train.init import build_stage_model, init_source, init_weights
 from opensora_core.train.loop import train_stage
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def test_next_stage_starts_from_previous_ema_with_recomputed_position_embeddings(tmp_path):

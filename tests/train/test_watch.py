@@ -11,7 +11,7 @@ import torch
 from opensora_core.config import ConfigError
 from opensora_core.train.loop import train_stage
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def watched_config(run_dir, **extra):
