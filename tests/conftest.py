@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
+
+from tests.kit import TELEMETRY_OFF, free_port
+
+# Session-wide, before any test imports MLflow or Prefect (both read it at import) or spawns a process (each
+# inherits it): no telemetry, no `dvc daemon analytics` left behind. kit.run adds it to the environments tests build.
+os.environ.update(TELEMETRY_OFF)
+
 
 @pytest.fixture(autouse=True)
 def _environment_restored():
@@ -30,9 +36,7 @@ def s3_endpoint():
 
     old = {k: os.environ.get(k) for k in FAKE_AWS}
     os.environ.update(FAKE_AWS)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

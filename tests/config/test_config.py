@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,9 @@ import yaml
 
 from opensora_core.config import ConfigError, load_config
 
-DEFAULT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"  # this repository is a project
+from tests.kit import REPO, opensora
+
+DEFAULT_PARAMS = REPO / "params.yaml"  # this repository is a project
 
 
 def _params_with(tmp_path: Path, edit) -> Path:
@@ -83,20 +83,14 @@ def test_unknown_preset_is_refused():
 
 
 def test_cli_exits_2_before_writing_anything(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "opensora_core.cli.main_module", "--project", str(DEFAULT_PARAMS.parent), "config", "show",
-         "train.dtype=fp8"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )
+    out = opensora("--project", str(DEFAULT_PARAMS.parent), "config", "show", "train.dtype=fp8", cwd=tmp_path,
+                   check=False)
     assert out.returncode == 2, out.stderr
     assert "train.dtype" in out.stderr and "params.yaml" in out.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_config_show_prints_the_resolved_preset():
-    out = subprocess.run(
-        [sys.executable, "-m", "opensora_core.cli.main_module", "config", "show", "--preset", "opensora-1.0", "--json"],
-        capture_output=True, text=True,
-    )
+    out = opensora("config", "show", "--preset", "opensora-1.0", "--json", check=False)
     assert out.returncode == 0, out.stderr
     assert '"name": "STDiT-XL/2"' in out.stdout

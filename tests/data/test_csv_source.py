@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -15,6 +13,8 @@ import pytest
 from opensora_core.config import ConfigError, load_config
 from opensora_core.data.csv_source import ingest_csv, read_captions_csv
 from opensora_core.data.manifest import ManifestError, read_manifest
+
+from tests.kit import opensora
 
 BUNNY = "an animated rabbit wakes up in a sunny meadow"
 CARPHONE = "a man talks on the phone in a moving car"
@@ -84,9 +84,8 @@ def test_a_csv_without_path_or_text_or_with_an_empty_caption_is_refused_naming_i
 
 def test_prepare_refuses_a_bad_csv_with_exit_2_and_writes_nothing(tmp_path):
     (tmp_path / "clips.csv").write_text("path,text\na.mp4,\n")
-    out = subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", "data", "prepare", f"run_dir={tmp_path / 'run'}",
-                          "data.source=csv", f"data.src={tmp_path / 'clips.csv'}", "data.captioner=existing"],
-                         capture_output=True, text=True, timeout=300)
+    out = opensora("data", "prepare", f"run_dir={tmp_path / 'run'}", "data.source=csv", f"data.src={tmp_path / 'clips.csv'}",
+                   "data.captioner=existing", timeout=300, check=False)
     assert out.returncode == 2, out.stderr
     assert "row 0 (line 2): empty caption in column 'text'" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "run" / "data" / "raw" / "manifest.csv").exists()

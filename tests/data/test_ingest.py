@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 
 import av
 import numpy as np
@@ -14,6 +13,8 @@ from opensora_core.data.ingest import ingest, list_videos, process_file
 from opensora_core.data.manifest import read_manifest
 from opensora_core.data.scenes import detect_scenes
 from opensora_core.data.synthetic import write_mp4
+
+from tests.kit import free_port
 
 CUT = 132 / 25  # bigbuckbunny has 132 frames; joined at 25 fps the second shot starts at 5.28 s
 
@@ -101,17 +102,11 @@ def test_interrupted_ingest_resumes_with_only_the_missing_files(source, tmp_path
     assert summary["clips"] == 3  # joined (2 shots) + carphone, same as an uninterrupted run
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_prefix(monkeypatch, source):
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

@@ -5,9 +5,6 @@ bad input. Network checks talk to 127.0.0.1 only (moto's S3 server, a closed por
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -15,13 +12,9 @@ from typer.testing import CliRunner
 from opensora_core import project
 from opensora_core.cli import app
 
+from tests.kit import dvc, free_port
+
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,7 @@ def test_a_fresh_project_passes_every_check(proj):
 
 
 def test_unreachable_mlflow_server_fails_with_its_one_line_verdict(proj):
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     result = doctor(proj, "--stage", "pretrain_256", f"tracking.uri=http://mlflow-user:s3cret@127.0.0.1:{port}")
     assert result.exit_code == 1
     assert f"error: mlflow: tracking server http://127.0.0.1:{port}: unreachable" in result.stderr
@@ -83,13 +76,12 @@ def dvc_remote(proj, name: str, url: str, endpoint: str) -> None:
 @pytest.mark.slow  # dvc subprocesses and moto
 def test_dvc_s3_remote_reachable_then_unreachable(proj, s3_endpoint):
     dvc_remote(proj, "s3", "s3://opensora-dvc/cache", s3_endpoint)
-    listed = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=proj, capture_output=True, text=True,
-                            timeout=120)
+    listed = dvc("remote", "list", cwd=proj, timeout=120, check=False)
     assert "s3://opensora-dvc/cache" in listed.stdout  # dvc reads the remote as the doctor does
     ok = doctor(proj, "--stage", "pretrain_256")
     assert ok.exit_code == 0, ok.output
     assert "bucket reachable" in ok.output
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     dvc_remote(proj, "s3", "s3://opensora-dvc/cache", f"http://127.0.0.1:{port}")
     bad = doctor(proj, "--stage", "pretrain_256")
     assert bad.exit_code == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.e2e.installed import opensora
+from tests.kit import REPO, run
 
 SMALL = {  # presets.tiny keys: seconds per stage instead of minutes
     "data": {"num_videos": 16},
@@ -34,13 +34,6 @@ def _merge(base: dict, extra: dict) -> None:
             base[k] = v
 
 
-def sh(cmd: list[str], root: Path, env: dict, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} -> {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
-    return out
-
-
 def _build_wheel(tmp: Path) -> Path:
     """A wheel of the tool, built from a copy of its sources (the build writes build/ and egg-info beside them)."""
     src = tmp / "src"
@@ -48,7 +41,7 @@ def _build_wheel(tmp: Path) -> Path:
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], tmp, dict(os.environ))
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp / "dist"), str(src)], cwd=tmp)
     return next((tmp / "dist").glob("opensora_flow-*.whl"))
 
 
@@ -58,7 +51,7 @@ def installed(tmp_path_factory):
     there imports the installed package, not this checkout (PYTHONPATH comes before the editable install)."""
     tmp = tmp_path_factory.mktemp("wheel")
     site = tmp / "site"
-    sh([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(_build_wheel(tmp))], tmp, dict(os.environ))
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(_build_wheel(tmp))], cwd=tmp)
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "PYTHONPATH": str(site), "PATH": f"{site / 'bin'}:{bindir}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -77,18 +70,13 @@ def clone(installed, tmp_path_factory):
     """A project made by `opensora init` in a folder outside this checkout, with small parameters, committed."""
     site, env = installed
     root = tmp_path_factory.mktemp("project") / "my-video-model"
-    sh([str(site / "bin" / "opensora"), "init", str(root)], root.parent, env)
+    run([str(site / "bin" / "opensora"), "init", str(root)], cwd=root.parent, env=env)
     params = yaml.safe_load((root / "params.yaml").read_text())
     _merge(params["presets"]["tiny"], SMALL)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-q", "-m", "a new opensora-flow project"], root, env)
+    run(["git", "add", "-A"], cwd=root, env=env)
+    run(["git", "commit", "-q", "-m", "a new opensora-flow project"], cwd=root, env=env)
     return root, env
-
-
-def opensora(args: list[str], root: Path, env: dict, **kw) -> subprocess.CompletedProcess:
-    """The installed `opensora` console script (it runs on the venv's python, importing the wheel's package)."""
-    return sh([shutil.which("opensora", path=env["PATH"]), *args], root, env, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +85,7 @@ def flow_run(installed, clone):
     root, env = clone
     installed_files = _files(site)
     t0 = time.time()
-    out = opensora(["pipeline", "run"], root, env)
+    out = opensora("pipeline", "run", cwd=root, env=env)
     seconds = time.time() - t0
     assert _files(site) == installed_files  # nothing written into the installed package
     return out, seconds

@@ -8,10 +8,8 @@ training runs with loss histories. Slow (a few minutes on 2 cores): the stages a
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,7 +19,8 @@ import yaml
 from opensora_core import pipeline
 from opensora_core.config import load_config
 
-from conftest import opensora, sh
+from tests.e2e.installed import opensora
+from tests.kit import dvc, environment, free_port, run, wait_for_url, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ pytestmark = pytest.mark.slow
 def test_the_installed_tool_is_the_wheel_not_this_checkout(installed, clone):
     site, env = installed
     root, _ = clone
-    out = sh([sys.executable, "-c", "import opensora_core, flows; print(opensora_core.__file__, flows.__file__)"], root, env)
+    out = run([sys.executable, "-c", "import opensora_core, flows; print(opensora_core.__file__, flows.__file__)"], cwd=root, env=env)
     assert out.stdout.split() == [str(site / "opensora_core" / "__init__.py"), str(site / "flows" / "__init__.py")]
     assert (site / "opensora_core" / "resources" / "template" / "params.yaml.template").is_file()
 
@@ -37,16 +36,16 @@ def test_the_installed_tool_is_the_wheel_not_this_checkout(installed, clone):
 def test_config_show_works_from_a_subfolder_of_the_project(clone):
     root, env = clone
     (root / "notebooks").mkdir(exist_ok=True)
-    out = opensora(["config", "show"], root / "notebooks", env)
+    out = opensora("config", "show", cwd=root / "notebooks", env=env)
     assert "run_dir: runs/tiny" in out.stdout and "num_videos: 16" in out.stdout  # the project's own params.yaml
 
 
 def test_an_unknown_key_in_the_projects_params_exits_2_naming_it(installed, tmp_path):
     site, env = installed
-    opensora(["init", str(tmp_path / "p")], tmp_path, env)
+    opensora("init", str(tmp_path / "p"), cwd=tmp_path, env=env)
     params = tmp_path / "p" / "params.yaml"
     params.write_text(params.read_text().replace("\ntrain:\n", "\ntrain:\n  lr_schedule: cosine\n", 1))
-    out = opensora(["config", "show"], tmp_path / "p", env, check=False)
+    out = opensora("config", "show", cwd=tmp_path / "p", env=env, check=False)
     assert out.returncode == 2 and "train.lr_schedule: unknown key" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
@@ -61,15 +60,15 @@ def test_prefect_flow_runs_every_stage_and_records_them_through_dvc(clone, flow_
     assert (root / "mlflow.db").is_file() and (root / "mlartifacts").is_dir() and (root / ".prefect").is_dir()
     assert [p.name for p in root.parent.iterdir()] == [root.name]
     assert (root / "dvc.lock").exists()
-    status = sh([sys.executable, "-m", "dvc", "status"], root, env)
+    status = dvc("status", cwd=root, env=env)
     assert "up to date" in status.stdout, status.stdout
-    repro = sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    repro = dvc("repro", cwd=root, env=env)
     assert "Running stage" not in repro.stdout, repro.stdout
 
 
 def test_a_second_flow_run_reuses_everything(clone, flow_run):
     root, env = clone
-    out = opensora(["pipeline", "run"], root, env)
+    out = opensora("pipeline", "run", cwd=root, env=env)
     ids = set(pipeline.stage_ids(load_config(root / "params.yaml")))
     summary = [line.split()[:2] for line in out.stdout.splitlines() if line.startswith("  ") and line.split()[:1] and line.split()[0] in ids]
     assert len(summary) == 10 and all(outcome == "up" for _, outcome in summary), out.stdout
@@ -80,33 +79,22 @@ def test_changed_eval_parameter_reruns_only_evaluate(clone, flow_run):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["presets"]["tiny"]["eval"]["cfg_scale"] = 2.0
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    repro = sh([sys.executable, "-m", "dvc", "repro"], root, env)
+    repro = dvc("repro", cwd=root, env=env)
     ran = [line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["evaluate"], repro.stdout
-    metrics = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], root, env)
+    metrics = dvc("metrics", "show", "--json", cwd=root, env=env)
     assert "final.heldout_loss" in metrics.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_mlflow_rest_api_lists_the_parent_and_its_stage_runs_with_metrics(clone, flow_run):
     root, env = clone
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                                "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                              cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=root, env=environment(base=env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/api/2.0/mlflow"
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_url(f"http://127.0.0.1:{port}/health", 240, process=server)
 
         def post(path: str, body: dict) -> dict:
             req = urllib.request.Request(f"{url}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
@@ -131,7 +119,7 @@ def test_precision_comparison_yields_two_runs_with_loss_histories(clone, flow_ru
     import mlflow
 
     root, env = clone
-    opensora(["pipeline", "compare", "precision", "--stage", "pretrain_256", "--steps", "2"], root, env)
+    opensora("pipeline", "compare", "precision", "--stage", "pretrain_256", "--steps", "2", cwd=root, env=env)
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name("opensora-flow-tiny")
     runs = client.search_runs([exp.experiment_id], "tags.comparison = 'precision' and tags.stage = 'pretrain_256'")
@@ -142,25 +130,21 @@ def test_precision_comparison_yields_two_runs_with_loss_histories(clone, flow_ru
         assert len(client.get_metric_history(r.info.run_id, "loss")) >= 2
 
 
-def dvc(args: list[str], root: Path, env: dict, **kw) -> subprocess.CompletedProcess:
-    return sh([sys.executable, "-m", "dvc", *args], root, env, **kw)
-
-
 def _experiments(root: Path, env: dict):
     """`dvc exp show` as a table: one row per experiment, params and metrics as columns."""
     import io
 
     import pandas as pd
 
-    return pd.read_csv(io.StringIO(dvc(["exp", "show", "--csv", "--no-pager"], root, env).stdout))
+    return pd.read_csv(io.StringIO(dvc("exp", "show", "--csv", "--no-pager", cwd=root, env=env).stdout))
 
 
 @pytest.fixture(scope="module")
 def committed(clone, flow_run):
     """The user commits what the pipeline recorded (dvc.lock), as `dvc exp` expects of a baseline."""
     root, env = clone
-    sh(["git", "add", "-A"], root, env)
-    sh(["git", "commit", "-q", "-m", "pipeline recorded"], root, env)
+    run(["git", "add", "-A"], cwd=root, env=env)
+    run(["git", "commit", "-q", "-m", "pipeline recorded"], cwd=root, env=env)
     return clone
 
 
@@ -169,7 +153,7 @@ def test_dvc_exp_run_temp_retrains_in_a_copy_and_tracks_into_the_projects_mlflow
 
     root, env = committed
     params_before = (root / "params.yaml").read_text()
-    out = dvc(["exp", "run", "--temp", "-n", "fp16-temp", "-S", "train.dtype=fp16", "train@pretrain_256"], root, env)
+    out = dvc("exp", "run", "--temp", "-n", "fp16-temp", "-S", "train.dtype=fp16", "train@pretrain_256", cwd=root, env=env)
     ran = [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")]
     assert ran == ["train@pretrain_256"], out.stdout
     assert (root / "params.yaml").read_text() == params_before  # the workspace is untouched
@@ -189,16 +173,16 @@ def test_a_queued_lr_sweep_lists_both_experiments_with_their_evaluation_metrics(
     root, env = committed
     key = "presets.tiny.stages.finetune_64f.lr"
     for lr in ("1e-4", "2e-5"):
-        dvc(["exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"+{key}={lr}"], root, env)
-    dvc(["queue", "start", "-j", "1"], root, env)
-    deadline = time.time() + 900
-    while time.time() < deadline:
-        status = dvc(["queue", "status"], root, env).stdout
-        if not any(word in status for word in ("Queued", "Running")):
-            break
-        time.sleep(3)
-    assert "Failed" not in status, status + dvc(["queue", "logs", "lr-1e-4"], root, env, check=False).stdout[-3000:]
-    log = dvc(["queue", "logs", "lr-1e-4"], root, env).stdout
+        dvc("exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"+{key}={lr}", cwd=root, env=env)
+    dvc("queue", "start", "-j", "1", cwd=root, env=env)
+
+    def queue_done() -> bool:
+        return not any(word in dvc("queue", "status", cwd=root, env=env).stdout for word in ("Queued", "Running"))
+
+    wait_until(queue_done, 900, what="dvc's queue of experiments done", interval=3)
+    status = dvc("queue", "status", cwd=root, env=env).stdout
+    assert "Failed" not in status, status + dvc("queue", "logs", "lr-1e-4", cwd=root, env=env, check=False).stdout[-3000:]
+    log = dvc("queue", "logs", "lr-1e-4", cwd=root, env=env).stdout
     ran = [line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")]
     assert ran == ["train@finetune_64f", "evaluate"], log[-3000:]
     table = _experiments(root, env).set_index("Experiment")

@@ -6,53 +6,33 @@ Completed. The runs are kept small: the data stages only, 4 clips."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.kit import environment, free_port, opensora, opensora_command, run, wait_for_url, wait_until
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    raise TimeoutError(url)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A Prefect server on a free port; yields (api url, environment for clients)."""
     tmp = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect' / 'prefect.db'}",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    env.pop("OPENSORA_PARENT_RUN_ID", None)
+    env = environment({"PREFECT_HOME": str(tmp / "prefect"), "PREFECT_API_URL": api,
+                       "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp / 'prefect' / 'prefect.db'}",
+                       "PREFECT_UI_ENABLED": "false", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+                       "OPENSORA_PARENT_RUN_ID": None})
     proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for(f"{api}/health", 240)
+        wait_for_url(f"{api}/health", 240, process=proc, interval=1)
         yield api, env
     finally:
         _stop(proc)
@@ -68,19 +48,21 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _run_deployment(name: str, params: dict, env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`prefect deployment run NAME --watch`, retried until the deployment exists (serve registers it lazily)."""
-    deadline = time.monotonic() + 240
-    while True:
-        out = subprocess.run([str(BIN / "prefect"), "deployment", "run", name, "--params", json.dumps(params),
-                              "--watch", "--watch-timeout", "400"], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-        if "not found" not in (out.stdout + out.stderr).lower() or time.monotonic() > deadline:
-            return out
-        time.sleep(2)
+    tries: list[subprocess.CompletedProcess] = []
+
+    def found() -> bool:
+        tries.append(run([BIN / "prefect", "deployment", "run", name, "--params", json.dumps(params), "--watch",
+                          "--watch-timeout", "400"], cwd=cwd, env=env, check=False, timeout=600))
+        return "not found" not in (tries[-1].stdout + tries[-1].stderr).lower()
+
+    wait_until(found, 240, what=f"deployment {name}", interval=2, output=lambda: tries[-1].stdout + tries[-1].stderr)
+    return tries[-1]
 
 
 def test_deployment_run_against_a_local_server_reaches_completed(server, tmp_path):
     api, env = server
-    serve = subprocess.Popen([sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "serve", "--api-url", api],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serve = subprocess.Popen(opensora_command("pipeline", "serve", "--api-url", api), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         params = {"stages_to_run": ["prepare_data"], "overrides": [f"run_dir={tmp_path / 'run'}", "data.num_videos=4"]}
         out = _run_deployment("progressive-training/tiny", params, env)
@@ -93,23 +75,17 @@ def test_deployment_run_against_a_local_server_reaches_completed(server, tmp_pat
 
 def test_work_pool_route_runs_a_deployment_of_the_project_to_completed(server, tmp_path):
     api, env = server
-    env = {k: v for k, v in env.items() if k != "MLFLOW_TRACKING_URI"}  # the project's own MLflow store
+    env = environment({"MLFLOW_TRACKING_URI": None}, base=env)  # the project's own MLflow store
     project = tmp_path / "my-video-model"
 
-    def opensora(*args: str, cwd: Path = project) -> subprocess.CompletedProcess:
-        out = subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", *args], cwd=cwd, env=env,
-                             capture_output=True, text=True, timeout=300)
-        assert out.returncode == 0, out.stdout + out.stderr
-        return out
-
-    opensora("init", str(project), cwd=tmp_path)
-    assert "created" in opensora("pipeline", "pool", "gpu").stdout
-    assert "exists" in opensora("pipeline", "pool", "gpu").stdout  # idempotent
-    assert "progressive-training/my-video-model" in opensora("pipeline", "deploy", "--pool", "gpu").stdout
+    opensora("init", str(project), cwd=tmp_path, env=env)
+    assert "created" in opensora("pipeline", "pool", "gpu", cwd=project, env=env).stdout
+    assert "exists" in opensora("pipeline", "pool", "gpu", cwd=project, env=env).stdout  # idempotent
+    assert "progressive-training/my-video-model" in opensora("pipeline", "deploy", "--pool", "gpu", cwd=project, env=env).stdout
     # the worker starts elsewhere: the flow run's working directory comes from the deployment (the project)
     (tmp_path / "node").mkdir()
-    worker = subprocess.Popen([sys.executable, "-m", "opensora_core.cli.main_module", "pipeline", "worker", "--pool", "gpu"],
-                              cwd=tmp_path / "node", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(opensora_command("pipeline", "worker", "--pool", "gpu"), cwd=tmp_path / "node", env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         params = {"stages_to_run": ["prepare_data", "caption"], "overrides": ["data.num_videos=4"]}
         out = _run_deployment("progressive-training/my-video-model", params, env, cwd=tmp_path / "node")

@@ -15,10 +15,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -27,18 +25,14 @@ import pytest
 
 from opensora_core.tracking import WORKFLOW_QUERY
 
+from tests.kit import environment, free_port, wait_for_url
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 BIN = Path(sys.executable).parent
 TRAINING = ("pretrain_256", "finetune_512", "finetune_64f")
 STEP_MS = 120_000  # the UIs render in seconds; a CI machine shared with other jobs can be far slower
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None):
@@ -52,18 +46,6 @@ def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     """`cmd` in a process group of its own, so that stopping it takes its workers down too."""
     with open(log, "w") as out:
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_healthy(proc: subprocess.Popen, health: str, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(health, timeout=5) as r:
-                if r.status == 200:
-                    return
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{' '.join(proc.args[:3])} did not come up at {health}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -84,14 +66,15 @@ def uis(clone, flow_run, tmp_path_factory):
     mlflow_port, prefect_port = free_port(), free_port()
     # the UI needs no server-side jobs (GenAI scorers, trace archival): without them MLflow 3.17 starts 2 processes, not
     # ~10 (its job runner and Huey consumers), which a 2-core machine feels at start-up and shut-down
-    mlflow_env = {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow_env = environment({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, base=env)
     mlflow_cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
                   "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"]
     home = root / ".prefect"
-    prefect_env = {**env, "PREFECT_HOME": str(home), "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-                   # the UI asks the API at the address these settings give (the --port flag alone leaves it at 4200)
-                   "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port),
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    prefect_env = environment({"PREFECT_HOME": str(home),
+                               "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+                               # the UI asks the API at the address these settings give (--port alone leaves it at 4200)
+                               "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(prefect_port)},
+                              base=env)
     prefect_cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(prefect_port)]
     mlflow_url, prefect_url = f"http://127.0.0.1:{mlflow_port}", f"http://127.0.0.1:{prefect_port}"
     # both start at once (each takes a while on 2 cores), then each must answer its health check
@@ -99,8 +82,9 @@ def uis(clone, flow_run, tmp_path_factory):
     try:
         procs.append(start(mlflow_cmd, mlflow_env, logs / "mlflow.log"))
         procs.append(start(prefect_cmd, prefect_env, logs / "prefect.log"))
-        wait_healthy(procs[0], f"{mlflow_url}/health", logs / "mlflow.log")
-        wait_healthy(procs[1], f"{prefect_url}/api/health", logs / "prefect.log")
+        wait_for_url(f"{mlflow_url}/health", 300, process=procs[0], output=lambda: (logs / "mlflow.log").read_text()[-3000:])
+        wait_for_url(f"{prefect_url}/api/health", 300, process=procs[1],
+                     output=lambda: (logs / "prefect.log").read_text()[-3000:])
         yield {"mlflow": mlflow_url, "prefect": prefect_url}
     finally:
         for proc in procs:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))  # frames.py, shared by the tests of this folder
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +28,6 @@ def tiny_t5_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def video() -> torch.Tensor:
     """[B=2, 3, T=3, 32, 32] in [-1, 1]."""
-    from frames import render_frames
+    from tests.encoders.frames import render_frames
 
     return render_frames(6, size=32, seed=3).unflatten(0, (2, 3)).permute(0, 2, 1, 3, 4).contiguous()

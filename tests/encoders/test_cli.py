@@ -6,8 +6,9 @@ import json
 
 from typer.testing import CliRunner
 
-from frames import write_videos
 from opensora_core.cli import app
+
+from tests.encoders.frames import write_videos
 
 runner = CliRunner()
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from frames import render_frames, write_videos
 from opensora_core.encoders import SD_SCALING_FACTOR, VideoAutoencoderKL, train_tiny_vae
 from opensora_core.encoders.vae_train import calibrate_latent_scale, read_frames, reconstruct, resolve_videos, tiny_autoencoder
+
+from tests.encoders.frames import render_frames, write_videos
 
 
 def test_latent_calibration_gives_unit_std_scaled_latents_without_changing_reconstructions():

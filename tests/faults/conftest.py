@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from fault_servers import FAKE_AWS, ServerProcess, free_port, moto_server
-from jobs import STAGE_ID, Job, final_weights, job_overrides, losses, opensora
+from tests.faults.fault_servers import FAKE_AWS, ServerProcess, moto_server
+from tests.faults.jobs import STAGE_ID, Job, final_weights, job_overrides, losses
+from tests.kit import free_port, opensora_command
 
 
 @pytest.fixture
@@ -50,6 +51,6 @@ def mlflow_server(tmp_path_factory):
 def reference(tmp_path_factory) -> dict:
     """Final weights of one uninterrupted run of the stage (no MLflow)."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
-    job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *job_overrides(run_dir)), run_dir.parent / "log")
+    job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *job_overrides(run_dir)), run_dir.parent / "log")
     assert job.wait() == 0, job.text()[-3000:]
     return {**final_weights(run_dir), "losses": losses(run_dir)}

@@ -1,28 +1,19 @@
 """Servers the fault tests kill: moto's S3 server and a real `mlflow server`, each a process of its own on
-127.0.0.1 (started in a new session so that a kill takes its workers too). A module of its own name, not
-conftest, so that tests import it whatever other conftest.py was loaded first."""
+127.0.0.1 (started in a new session so that a kill takes its workers too)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from tests.kit import environment, free_port, wait_for_url
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "AKIAFAULTTESTS000001", "AWS_SECRET_ACCESS_KEY": "s3cr3t-that-must-never-be-printed",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1"}  # one attempt: a dead endpoint fails fast
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess:
@@ -44,20 +35,14 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env={**os.environ, **(self.env or {})})
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:  # readiness is an event only the server's answer tells
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.command[0]} exited with {self.proc.returncode}; see {self.log}")
-            try:
-                urllib.request.urlopen(self.url + self.ready_path, timeout=5).close()
-                return self
-            except urllib.error.HTTPError:
-                return self  # it answered
-            except OSError:
-                time.sleep(0.2)
-        self.kill()
-        raise RuntimeError(f"{self.command[0]} did not answer on {self.url} within {self.start_timeout}s; see {self.log}")
+                                         env=environment(self.env))
+        try:  # readiness is an event only the server's answer tells (an error status is an answer too)
+            wait_for_url(self.url + self.ready_path, self.start_timeout, process=self.proc, any_status=True,
+                         interval=0.2, output=lambda: f"see {self.log}")
+        except AssertionError:
+            self.kill()
+            raise
+        return self
 
     def kill(self) -> None:
         if self.proc is None:

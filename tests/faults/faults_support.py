@@ -1,25 +1,16 @@
-"""Helpers of the fault tests: the training tests' tiny config and datasets (loaded from tests/train/conftest.py
-under another module name, so two folders' `conftest` never shadow each other), and ways to damage files."""
+"""Helpers of the fault tests: the training tests' tiny config and datasets (tests/kit/tiny_training.py), this
+checkout's params, and ways to damage files."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.kit import REPO
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache
+
 PARAMS = REPO / "params.yaml"
-
-
-def _train_fixtures():
-    spec = importlib.util.spec_from_file_location("train_fixtures", REPO / "tests" / "train" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_fx = _train_fixtures()
-STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache = (
-    _fx.STAGE, _fx.RandomLatents, _fx.tiny_config, _fx.tiny_overrides, _fx.write_latent_cache)
+__all__ = ["PARAMS", "REPO", "STAGE", "RandomLatents", "flip_last_byte", "tiny_config", "tiny_overrides", "tree",
+           "truncate_to_half", "write_latent_cache"]
 
 
 def truncate_to_half(path: Path) -> None:

@@ -1,13 +1,10 @@
-"""Helpers of the process-fault tests (a module, not conftest: another folder's conftest could shadow it):
-a tiny two-rank training stage on a latent cache in tmp, processes by pid tree
-and by command line, the reference weights of an uninterrupted run."""
+"""Helpers of the process-fault tests: a tiny two-rank training stage on a latent cache in tmp, processes by pid
+tree and by command line, the reference weights of an uninterrupted run."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,11 +13,9 @@ import torch
 
 from opensora_core import checkpoint as ckpt
 
-# the tiny model and latent cache of the training tests (tests/train/conftest.py), loaded under its own name
-_spec = importlib.util.spec_from_file_location("train_testkit", Path(__file__).parents[1] / "train" / "conftest.py")
-train_kit = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_kit)
-STAGE = train_kit.STAGE
+from tests.kit import environment, wait_until
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache
+
 STAGE_ID = f"train@{STAGE}"
 STEPS = 120  # long enough that every kill lands mid-run on a busy machine, ~10 s of training on 2 cores
 
@@ -28,14 +23,10 @@ STEPS = 120  # long enough that every kill lands mid-run on a busy machine, ~10 
 def job_overrides(run_dir: Path) -> list[str]:
     """Two ranks, checkpoints every 10 steps, on a random latent cache written into `run_dir`."""
     extra = {"train.processes": 2, f"stages.{STAGE}.max_steps": STEPS, "train.ckpt_every": 10, "train.log_every": 1}
-    cfg = train_kit.tiny_config(run_dir, **extra)
+    cfg = tiny_config(run_dir, **extra)
     if not cfg.paths.cache_dir(STAGE).exists():
-        train_kit.write_latent_cache(cfg.paths.cache_dir(STAGE), train_kit.RandomLatents(16))
-    return train_kit.tiny_overrides(run_dir, **extra)
-
-
-def opensora(*args: str) -> list[str]:
-    return [sys.executable, "-m", "opensora_core.cli.main_module", *args]
+        write_latent_cache(cfg.paths.cache_dir(STAGE), RandomLatents(16))
+    return tiny_overrides(run_dir, **extra)
 
 
 class Job:
@@ -45,18 +36,15 @@ class Job:
         self.log = log
         self.cmd = cmd
         self._out = open(log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=environment(env))
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
     def wait_for(self, needle: str, timeout: float = 600) -> None:
         """Block until `needle` is in the output (or fail with the output's tail if the job ends first)."""
-        deadline = time.monotonic() + timeout
-        while needle not in self.text():
-            assert self.proc.poll() is None, f"job ended ({self.proc.returncode}) before {needle!r}:\n{self.text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no {needle!r} after {timeout} s:\n{self.text()[-3000:]}"
-            time.sleep(0.2)
+        wait_until(lambda: needle in self.text(), timeout, what=f"{needle!r} in the output", process=self.proc,
+                   output=lambda: self.text()[-3000:])
 
     def wait(self, timeout: float = 900) -> int:
         rc = self.proc.wait(timeout)
@@ -95,14 +83,13 @@ def wait_all_gone(procs: list[psutil.Process], marker: str, timeout: float = 120
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     alive = [p for p in alive if _running(p)]
     assert not alive, f"still running after {timeout} s: {[(p.pid, p.cmdline()[:4]) for p in alive]}"
-    while running_with(marker) and time.monotonic() - t0 < timeout:
-        time.sleep(0.2)
-    assert not running_with(marker), running_with(marker)
+    wait_until(lambda: not running_with(marker), max(0.0, timeout - (time.monotonic() - t0)),
+               what=f"no process running with {marker!r}", output=lambda: "\n".join(running_with(marker)))
     return time.monotonic() - t0
 
 
 def final_weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
-    cfg = train_kit.tiny_config(run_dir)
+    cfg = tiny_config(run_dir)
     latest = ckpt.read_latest(cfg.paths.ckpt_dir(STAGE))
     assert latest is not None and latest.name == ckpt.step_dir_name(STEPS), latest
     return {"model": ckpt.load_model_state(latest), "ema": ckpt.load_ema_state(latest)}
@@ -118,7 +105,7 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 def losses(run_dir: Path) -> dict[int, float]:
     import pandas as pd
 
-    log = pd.read_csv(train_kit.tiny_config(run_dir).paths.ckpt_dir(STAGE) / "train_log.csv")
+    log = pd.read_csv(tiny_config(run_dir).paths.ckpt_dir(STAGE) / "train_log.csv")
     return dict(zip(log["step"].astype(int), log["loss"].astype(float)))
 
 
@@ -135,5 +122,5 @@ def assert_resumed_bit_identical(run_dir: Path, reference: dict, resumed_at: int
 
 
 def latest_step(run_dir: Path) -> int | None:
-    latest = ckpt.read_latest(train_kit.tiny_config(run_dir).paths.ckpt_dir(STAGE))
+    latest = ckpt.read_latest(tiny_config(run_dir).paths.ckpt_dir(STAGE))
     return ckpt.load_meta(latest).step if latest else None

@@ -8,7 +8,6 @@ import os
 import resource
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,8 +18,9 @@ from opensora_core.cli import app
 from opensora_core.checkpoint.integrity import verify_checkpoint
 from opensora_core.train.loop import train_stage
 
-from faults_support import (PARAMS, REPO, STAGE, RandomLatents, flip_last_byte, tiny_config, tiny_overrides, tree,
-                            truncate_to_half, write_latent_cache)
+from tests.faults.faults_support import (PARAMS, REPO, STAGE, RandomLatents, flip_last_byte, tiny_config,
+                                         tiny_overrides, tree, truncate_to_half, write_latent_cache)
+from tests.kit import environment, opensora_command
 
 
 def _save(root, step, keep_last=5):
@@ -180,9 +180,9 @@ def _limit_file_size(limit: int):
 
 
 def _train_cli(run_dir, max_steps, preexec=None):
-    cmd = [sys.executable, "-m", "opensora_core.cli.main_module", "train", "--stage", STAGE, "--no-track",
-           "--params", str(PARAMS), *tiny_overrides(run_dir, **{f"stages.{STAGE}.max_steps": max_steps})]
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = opensora_command("train", "--stage", STAGE, "--no-track", "--params", str(PARAMS),
+                           *tiny_overrides(run_dir, **{f"stages.{STAGE}.max_steps": max_steps}))
+    env = environment({"PYTHONDONTWRITEBYTECODE": "1"})
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, preexec_fn=preexec)
 
 

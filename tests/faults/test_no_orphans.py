@@ -16,7 +16,8 @@ import pytest
 
 from opensora_core.lifetime import OWNER_ENV
 
-from jobs import STAGE, STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, opensora, wait_all_gone
+from tests.faults.jobs import STAGE, STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, wait_all_gone
+from tests.kit import opensora_command
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resume
         ("stage process SIGKILL", lambda job: job.proc.kill()),
     ]
     for i, (what, kill) in enumerate(kill_points):
-        job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / f"log{i}")
+        job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / f"log{i}")
         start = latest_step(run_dir) or 0
         job.wait_for(f"step {start + 5}/{STEPS} ")
         tree = job.tree()
@@ -52,7 +53,7 @@ def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resume
         steps_seen.append(latest_step(run_dir))
         print(f"{what}: every process gone after {seconds:.1f} s; latest checkpoint step {steps_seen[-1]}")
     assert steps_seen[-1] is not None and steps_seen[-1] < STEPS
-    job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log-final")
+    job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log-final")
     assert job.wait() == 0, job.text()[-3000:]
     assert "resuming" in job.text()
     assert_resumed_bit_identical(run_dir, reference, steps_seen[-1])
@@ -78,7 +79,7 @@ def test_a_killed_flow_takes_its_job_and_temporary_server_down_and_the_next_run_
     overrides = job_overrides(run_dir)
     env = _flow_env(tmp_path)
     for i, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
-        flow = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / f"flow{i}.log", env)
+        flow = Job(opensora_command("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / f"flow{i}.log", env)
         flow.wait_for(f"step {(latest_step(run_dir) or 0) + 5}/{STEPS} ")
         tree = flow.tree()
         names = " ".join(" ".join(p.cmdline()) for p in tree)
@@ -92,7 +93,7 @@ def test_a_killed_flow_takes_its_job_and_temporary_server_down_and_the_next_run_
     (dead,) = [name for name, state in states.items() if state == "RUNNING"]
     resumed_at = latest_step(run_dir)
 
-    rerun = Job(opensora("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / "flow-final.log", env)
+    rerun = Job(opensora_command("pipeline", "run", "--stage", STAGE, *overrides), tmp_path / "flow-final.log", env)
     assert rerun.wait() == 0, rerun.text()[-3000:]
     assert f"flow run {dead} was still Running but its process is gone: marked Crashed" in rerun.text()
     assert _flow_run_states(tmp_path)[dead] == "CRASHED"

@@ -6,9 +6,6 @@ the console script runs); a handful run as real subprocesses."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -19,8 +16,9 @@ from typer.testing import CliRunner
 
 from opensora_core.cli import app
 
-from faults_support import PARAMS, REPO, tree
-from params_mutations import KINDS, mutation
+from tests.faults.faults_support import PARAMS, REPO, tree
+from tests.faults.params_mutations import KINDS, mutation
+from tests.kit import environment, opensora
 
 N_MUTATIONS = 240  # 40 of each kind
 SUBPROCESS_SEEDS = (0, 1, 2, 3, 4, 5)  # one of each kind, through `python -m opensora_core.cli.main_module`
@@ -91,9 +89,8 @@ def test_params_fuzz_through_the_real_command(base, seed):
     m, params = _write(root, 1000 + seed, base_tree, text)
     command = ["config", "show"] if seed % 2 else ["pipeline", "stage", "prepare", "--no-track"]
     before = tree(root)
-    proc = subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", *command, "--params", str(params)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    proc = opensora(*command, "--params", str(params), cwd=REPO, timeout=120, check=False,
+                    env=environment({"PYTHONDONTWRITEBYTECODE": "1"}))
     _check_rejected(m, proc.returncode, proc.stderr + proc.stdout)
     assert proc.stdout == ""
     assert tree(root) == before

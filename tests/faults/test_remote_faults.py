@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,10 @@ import pytest
 
 from opensora_core.remote import EXIT_CODE, RemoteError
 
-from fault_servers import FAKE_AWS, free_port, moto_server
+from tests.faults.fault_servers import FAKE_AWS, moto_server
+from tests.kit import dvc, environment, free_port, opensora
 
 BUCKET = "videos"
-
-
-def opensora(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def error_lines(out: subprocess.CompletedProcess) -> list[str]:
@@ -69,7 +64,8 @@ def upload(server_url: str, files: list[Path], prefix: str = "raw") -> None:
 
 def test_ingest_from_an_unreachable_endpoint_exits_with_one_line_naming_it(tmp_path, aws_env):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    out = opensora("data", "ingest", f"s3://{BUCKET}/raw", "--out", str(tmp_path / "out"), env={"AWS_ENDPOINT_URL": url})
+    out = opensora("data", "ingest", f"s3://{BUCKET}/raw", "--out", str(tmp_path / "out"),
+                   env=environment({"AWS_ENDPOINT_URL": url}), check=False)
     assert_one_line_error(out, f"ingest: listing s3://{BUCKET}/raw at {url}: cannot connect")
     assert not (tmp_path / "out" / "manifest.csv").exists()
 
@@ -78,9 +74,9 @@ def test_refused_credentials_exit_with_one_line_and_verbose_adds_the_traceback(t
     server = moto_server(tmp_path, check_credentials=True).start()  # knows no access key: every request is refused
     try:
         args = ("data", "ingest", f"s3://{BUCKET}/raw", "--out", str(tmp_path / "out"))
-        out = opensora(*args, env={"AWS_ENDPOINT_URL": server.url})
+        out = opensora(*args, env=environment({"AWS_ENDPOINT_URL": server.url}), check=False)
         assert_one_line_error(out, f"ingest: listing s3://{BUCKET}/raw at {server.url}: credentials refused")
-        verbose = opensora("--verbose", *args, env={"AWS_ENDPOINT_URL": server.url})
+        verbose = opensora("--verbose", *args, env=environment({"AWS_ENDPOINT_URL": server.url}), check=False)
     finally:
         server.kill()
     assert verbose.returncode == EXIT_CODE and "Traceback" in verbose.stderr
@@ -157,24 +153,17 @@ def test_cache_and_captioning_from_a_dead_endpoint_fail_naming_the_clip_and_publ
     assert not cfg.paths.cache_dir("pretrain_256").exists()
 
 
-def dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, **FAKE_AWS})
-    assert out.returncode == 0, out.stderr
-    return out
-
-
 @pytest.fixture
 def dvc_repo(tmp_path, aws_env) -> Path:
     """A DVC repository tracking a small folder, with an S3 remote `s3` (endpoint set per test)."""
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    dvc(repo, "init", "-q")
+    dvc("init", "-q", cwd=repo)
     (repo / "data").mkdir()
     (repo / "data" / "x.bin").write_bytes(os.urandom(1024))
-    dvc(repo, "add", "data")
-    dvc(repo, "remote", "add", "-d", "s3", f"s3://{BUCKET}/cache")
+    dvc("add", "data", cwd=repo)
+    dvc("remote", "add", "-d", "s3", f"s3://{BUCKET}/cache", cwd=repo)
     return repo
 
 
@@ -182,8 +171,8 @@ def dvc_repo(tmp_path, aws_env) -> Path:
 def test_dvc_push_with_refused_credentials_exits_with_one_line_naming_the_remote(dvc_repo, tmp_path):
     server = moto_server(tmp_path, check_credentials=True).start()
     try:
-        dvc(dvc_repo, "remote", "modify", "s3", "endpointurl", server.url)
-        out = opensora("data", "push", cwd=dvc_repo)
+        dvc("remote", "modify", "s3", "endpointurl", server.url, cwd=dvc_repo)
+        out = opensora("data", "push", cwd=dvc_repo, check=False)
     finally:
         server.kill()
     assert_one_line_error(out, f"dvc push: remote 's3' (s3://{BUCKET}/cache) at {server.url}: credentials refused")
@@ -192,11 +181,11 @@ def test_dvc_push_with_refused_credentials_exits_with_one_line_naming_the_remote
 @pytest.mark.slow  # dvc subprocesses: ~30 s on 2 busy cores
 def test_dvc_pull_from_an_unreachable_remote_exits_with_one_line_naming_it(dvc_repo):
     url = f"http://127.0.0.1:{free_port()}"
-    dvc(dvc_repo, "remote", "modify", "s3", "endpointurl", url)
-    dvc(dvc_repo, "remote", "modify", "s3", "connect_timeout", "2")
+    dvc("remote", "modify", "s3", "endpointurl", url, cwd=dvc_repo)
+    dvc("remote", "modify", "s3", "connect_timeout", "2", cwd=dvc_repo)
     shutil.rmtree(dvc_repo / "data")
     shutil.rmtree(dvc_repo / ".dvc" / "cache")
-    out = opensora("data", "pull", cwd=dvc_repo)
+    out = opensora("data", "pull", cwd=dvc_repo, check=False)
     assert_one_line_error(out, f"dvc pull: remote 's3' (s3://{BUCKET}/cache) at {url}: cannot connect")
 
 
@@ -275,7 +264,7 @@ def test_tracking_server_killed_during_training_job_finishes_and_names_the_file_
     assert log_steps == list(range(1, steps + 1))  # the local log never depended on the server
 
     server.start()
-    out = opensora("tracking", "send", str(pending))
+    out = opensora("tracking", "send", str(pending), check=False)
     assert out.returncode == 0, out.stderr
     import mlflow
 

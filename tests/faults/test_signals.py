@@ -4,32 +4,14 @@ checkpoints the step it is at, so pre-emption loses nothing)."""
 from __future__ import annotations
 
 import signal
-import socket
 import time
-import urllib.request
 
 import pytest
 
-from jobs import STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, opensora, wait_all_gone
+from tests.faults.jobs import STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, wait_all_gone
+from tests.kit import free_port, opensora_command, wait_for_url
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_health(url: str, job: Job, seconds: float = 600) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            assert job.proc.poll() is None and time.monotonic() < deadline, job.text()[-2000:]
-            time.sleep(0.5)
 
 
 def _terminate(job: Job) -> tuple[int, float]:
@@ -42,16 +24,16 @@ def _terminate(job: Job) -> tuple[int, float]:
 
 
 def test_sigterm_stops_serve_and_the_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect' / 'prefect.db'}",
            "PREFECT_UI_ENABLED": "false"}
-    server = Job(opensora("pipeline", "server", "--port", str(port)), tmp_path / "server.log", env)
+    server = Job(opensora_command("pipeline", "server", "--port", str(port)), tmp_path / "server.log", env)
     serve = None
     try:
-        _wait_for_health(f"{api}/health", server)
-        serve = Job(opensora("pipeline", "serve", "--api-url", api), tmp_path / "serve.log", env)
+        wait_for_url(f"{api}/health", 600, process=server.proc, output=lambda: server.text()[-2000:])
+        serve = Job(opensora_command("pipeline", "serve", "--api-url", api), tmp_path / "serve.log", env)
         serve.wait_for("serving progressive-training/tiny")  # registered, and the runner polls
         rc, seconds = _terminate(serve)
         print(f"serve: exit status {rc}, {seconds:.1f} s after SIGTERM")
@@ -68,7 +50,7 @@ def test_sigterm_stops_serve_and_the_server(tmp_path):
 def test_sigterm_to_a_training_job_checkpoints_the_current_step_and_the_rerun_is_bit_identical(tmp_path, reference):
     run_dir = tmp_path / "run"
     overrides = job_overrides(run_dir)
-    job = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log")
+    job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log")
     job.wait_for(f"step 13/{STEPS} ")  # between the checkpoints of steps 10 and 20
     tree = job.tree()
     t0 = time.monotonic()
@@ -80,6 +62,6 @@ def test_sigterm_to_a_training_job_checkpoints_the_current_step_and_the_rerun_is
     print(f"training job: every process gone {time.monotonic() - t0:.1f} s after SIGTERM ({seconds:.1f}); checkpoint at step {step}")
     assert step is not None and 13 <= step < STEPS, f"no checkpoint of the current step: {step}"
     assert f"checkpointed step {step}" in job.text()
-    rerun = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log2")
+    rerun = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log2")
     assert rerun.wait() == 0, rerun.text()[-3000:]
     assert_resumed_bit_identical(run_dir, reference, step)

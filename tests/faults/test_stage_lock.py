@@ -12,7 +12,8 @@ import pytest
 
 from opensora_core.locks import StageLock, StageLocked
 
-from jobs import STAGE_ID, Job, assert_bit_identical, final_weights, job_overrides, opensora
+from tests.faults.jobs import STAGE_ID, Job, assert_bit_identical, final_weights, job_overrides
+from tests.kit import opensora_command
 
 _HOLD = "import sys; from opensora_core.locks import StageLock; lock = StageLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()"
 
@@ -64,9 +65,9 @@ def test_a_waiting_run_says_what_it_waits_for_and_gets_the_lock_when_the_holder_
 def test_two_concurrent_runs_of_a_training_stage_end_bit_identical_and_the_second_says_what_it_waited_for(tmp_path, reference):
     run_dir = tmp_path / "run"
     overrides = job_overrides(run_dir)
-    first = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "first.log")
+    first = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "first.log")
     first.wait_for(f"[{STAGE_ID}] running")
-    second = Job(opensora("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "second.log")
+    second = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "second.log")
     assert first.wait() == 0, first.text()[-3000:]
     assert second.wait() == 0, second.text()[-3000:]
     out = second.text()

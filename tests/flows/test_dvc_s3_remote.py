@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.kit import environment, free_port
+from tests.kit import dvc as run_dvc
 
 pytestmark = pytest.mark.slow  # dvc subprocesses: ~1 min on 2 busy cores
 
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, **FAKE_AWS}
-    out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
-    if check and out.returncode:
-        raise AssertionError(f"dvc {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}")
-    return out
+    """`dvc ARGS` in `repo` with the fake AWS credentials moto accepts."""
+    return run_dvc(*args, cwd=repo, env=environment(FAKE_AWS), check=check)
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def test_push_then_pull_restores_data_lost_locally(repo, s3_endpoint):
 
 
 def test_an_unreachable_remote_fails_naming_the_endpoint(repo):
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     add_remote(repo, url)
     dvc(repo, "remote", "modify", "s3", "connect_timeout", "2")
     out = dvc(repo, "push", check=False)

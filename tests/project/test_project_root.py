@@ -4,24 +4,18 @@ installed package. `opensora init` makes one."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from opensora_core import project
 from opensora_core.config import ConfigError, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.kit import REPO, dvc, opensora, run
 
 
-def opensora(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**{k: v for k, v in os.environ.items() if k != project.PROJECT_ENV}, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "opensora_core.cli.main_module", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture(autouse=True)
+def _no_project_named(monkeypatch):
+    """No test here inherits a project named by the environment (nor do the `opensora` commands it runs)."""
+    monkeypatch.delenv(project.PROJECT_ENV, raising=False)
 
 
 @pytest.fixture
@@ -90,7 +84,7 @@ def test_outside_any_project_loading_says_run_init(tmp_path, monkeypatch):
 
 
 def test_outside_any_project_a_writing_command_exits_2_and_writes_nothing(tmp_path):
-    out = opensora(["pipeline", "stage", "prepare"], tmp_path)
+    out = opensora("pipeline", "stage", "prepare", cwd=tmp_path, check=False)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "no params.yaml here or above: run 'opensora init'" in out.stderr
     assert "Traceback" not in out.stderr
@@ -99,28 +93,28 @@ def test_outside_any_project_a_writing_command_exits_2_and_writes_nothing(tmp_pa
 
 def test_init_writes_the_project_and_a_second_init_does_nothing(tmp_path):
     root = tmp_path / "new"
-    first = opensora(["init", str(root)], tmp_path)
+    first = opensora("init", str(root), cwd=tmp_path, check=False)
     assert first.returncode == 0, first.stderr
     assert {p.name for p in root.iterdir()} >= {"params.yaml", "dvc.yaml", ".gitignore", ".dvcignore", ".git", ".dvc"}
     assert "runs/" in (root / ".gitignore").read_text().splitlines()
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git/" not in str(p)}
-    second = opensora(["init"], root)
+    second = opensora("init", cwd=root, check=False)
     assert second.returncode == 0 and "nothing to do" in second.stdout
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and ".git/" not in str(p)} == before
 
 
 def test_init_never_overwrites_a_params_yaml_that_differs(tmp_path):
     (tmp_path / "params.yaml").write_text("preset: mine\n")
-    out = opensora(["init", str(tmp_path)], tmp_path)
+    out = opensora("init", str(tmp_path), cwd=tmp_path, check=False)
     assert out.returncode == 2 and "params.yaml exists and differs" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing else written either
     assert (tmp_path / "params.yaml").read_text() == "preset: mine\n"
 
 
 def test_init_with_the_opensora_preset_selects_it(tmp_path):
-    out = opensora(["init", str(tmp_path / "big"), "--preset", "opensora-1.0"], tmp_path)
+    out = opensora("init", str(tmp_path / "big"), "--preset", "opensora-1.0", cwd=tmp_path, check=False)
     assert out.returncode == 0, out.stderr
-    show = opensora(["config", "show", "--json"], tmp_path / "big")
+    show = opensora("config", "show", "--json", cwd=tmp_path / "big", check=False)
     assert '"name": "STDiT-XL/2"' in show.stdout
 
 
@@ -145,21 +139,20 @@ def test_no_copy_of_the_template_is_ever_a_dvc_pipeline(tmp_path):
     running it): it ships under a name DVC does not collect."""
     import shutil
 
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, timeout=120)
+    run(["git", "init", "-q"], cwd=tmp_path)
+    dvc("init", "-q", cwd=tmp_path, timeout=120)
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "opensora_core" / "resources", tmp_path / "build" / "lib" / "opensora_core" / "resources")
     (tmp_path / ".dvcignore").unlink(missing_ok=True)  # not even the repository's ignore list is needed
-    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+    out = dvc("stage", "list", "--all", cwd=tmp_path, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert "resources/template" not in out.stdout and "build" not in out.stdout
     assert out.stdout.split()[0] == "prepare"
 
 
 def test_dvc_sees_only_this_repositorys_own_pipeline():
-    out = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--all"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = dvc("stage", "list", "--all", cwd=REPO, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     assert "resources/template" not in out.stdout
     assert out.stdout.split()[0] == "prepare"

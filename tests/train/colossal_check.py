@@ -1,6 +1,6 @@
 """Run under torchrun (2 gloo ranks): train the tiny STDiT through `train_stage` with a given engine.
 
-    colossal_check.py RUN_DIR ENGINE PLUGIN STEPS [DTYPE [key=value ...]]
+    python -m tests.train.colossal_check RUN_DIR ENGINE PLUGIN STEPS [DTYPE [key=value ...]]   (from the repository root)
 
 ENGINE torch|colossalai; PLUGIN torch_ddp|low_level_zero|- (the colossalai engine's plugin). Losses land in
 `RUN_DIR/.../train_log.jsonl` (one row per step). On CPU, `low_level_zero` first applies the test-only workarounds
@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def patch_low_level_zero_for_cpu() -> None:

@@ -1,56 +1,12 @@
-"""Fixtures for the training tests: a tiny config under tmp_path and tiny random latent datasets."""
+"""Fixtures for the training tests: a tiny config under tmp_path, a fresh MLflow store, the 2-rank DDP reference run
+(the tiny stage itself is tests/kit/tiny_training.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
-from opensora_core.config import load_config
-
-STAGE = "pretrain_256"
-
-
-def tiny_overrides(run_dir: Path, **extra) -> list[str]:
-    """A config small enough for a step in a few ms: STDiT hidden 32, depth 2, latents 4x2x4x4, 8 tokens."""
-    items = {
-        "run_dir": str(run_dir),
-        "model.hidden_size": 32, "model.depth": 2, "model.num_heads": 2,
-        "text_encoder.hidden_size": 16, "text_encoder.model_max_length": 8,
-        "train.dtype": "fp32", "train.lr": 1e-3, "train.warmup_steps": 2, "train.ckpt_every": 3,
-        "train.log_every": 1, "train.keep_last": 2, "train.processes": 1, "train.sample_every": 0,
-        f"stages.{STAGE}.num_frames": 2, f"stages.{STAGE}.image_size": 16, f"stages.{STAGE}.batch_size": 2,
-        f"stages.{STAGE}.max_steps": 6,
-        "stages.finetune_512.num_frames": 2, "stages.finetune_512.image_size": 32,
-        "stages.finetune_512.batch_size": 2, "stages.finetune_512.max_steps": 2,
-    }
-    items.update(extra)
-    return [f"{k}={v}" for k, v in items.items()]
-
-
-def tiny_config(run_dir: Path, **extra):
-    return load_config(overrides=tiny_overrides(run_dir, **extra))
-
-
-class RandomLatents(torch.utils.data.Dataset):
-    """`n` items shaped like LatentCacheDataset's, a fixed function of the index (optionally NaN)."""
-
-    def __init__(self, n: int, latent=(4, 2, 4, 4), tokens: int = 8, channels: int = 16, nan: bool = False):
-        self.n, self.latent, self.tokens, self.channels, self.nan = n, latent, tokens, channels, nan
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict:
-        g = torch.Generator().manual_seed(1000 + i)
-        latent = torch.randn(self.latent, generator=g)
-        if self.nan:
-            latent[0, 0, 0, 0] = float("nan")
-        mask = torch.zeros(self.tokens, dtype=torch.long)
-        mask[: 2 + i % (self.tokens - 2)] = 1
-        return {"latent": latent, "y": torch.randn(1, self.tokens, self.channels, generator=g), "mask": mask,
-                "text": f"clip {i}", "index": i}
+from tests.kit.tiny_training import tiny_config
+from tests.train.scale_jobs import train
 
 
 @pytest.fixture
@@ -68,27 +24,7 @@ def tiny_cfg(tmp_path):
     return tiny_config(tmp_path / "run")
 
 
-def write_latent_cache(cache_dir: Path, dataset: RandomLatents) -> Path:
-    """Store `dataset` in the latent cache's on-disk format (one shard + index.json) for LatentCacheDataset."""
-    import json
-
-    from safetensors.torch import save_file
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    items = [dataset[i] for i in range(len(dataset))]
-    save_file({"latent": torch.stack([it["latent"] for it in items]), "y": torch.stack([it["y"] for it in items]),
-               "mask": torch.stack([it["mask"] for it in items]), "index": torch.arange(len(items))},
-              str(cache_dir / "train-00000.safetensors"))
-    index = {"fingerprint": "test", "splits": {"train": {
-        "shards": [{"file": "train-00000.safetensors", "count": len(items)}], "count": len(items),
-        "texts": [it["text"] for it in items], "rows": list(range(len(items)))}}}
-    (cache_dir / "index.json").write_text(json.dumps(index))
-    return cache_dir
-
-
 @pytest.fixture(scope="session")
 def ddp_2rank_run(tmp_path_factory):
     """The scale-out tests' reference: scale_jobs' stage trained by DDP on 1 node x 2 ranks (config)."""
-    from scale_jobs import train
-
     return train(tmp_path_factory.mktemp("ddp2") / "run", "torch", 2)

@@ -7,7 +7,7 @@ import json
 
 from opensora_core.train.launcher import launch, train_args
 
-from conftest import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache
 
 N_SAMPLES, BATCH = 32, 2  # 2 ranks: a global batch of 4, 8 steps per epoch
 STEPS, EVERY = 20, 5

@@ -11,7 +11,7 @@ import torch
 import opensora_core.checkpoint as ckpt
 from opensora_core.train.loop import train_stage
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def _save(root, step, keep_last=2):

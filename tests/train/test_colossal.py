@@ -18,19 +18,20 @@ import torch
 
 from opensora_core import checkpoint as ckpt
 
-from conftest import STAGE, tiny_config
+from tests.kit import REPO
+from tests.kit.tiny_training import STAGE, tiny_config
 
 pytest.importorskip("colossalai", reason="ColossalAI not installed: run `make test-colossal`")
 pytestmark = [pytest.mark.colossal, pytest.mark.timeout(300)]
 
 STEPS = 6
-SCRIPT = Path(__file__).with_name("colossal_check.py")
+SCRIPT = ["-m", "tests.train.colossal_check"]  # run from the repository root, which holds `tests`
 
 
 def _run(run_dir: Path, engine: str, plugin: str, steps: int = STEPS, dtype: str = "fp32", nproc: int = 2) -> str:
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(nproc), str(SCRIPT), str(run_dir), engine, plugin, str(steps), dtype],
-                          capture_output=True, text=True, timeout=280)
+                           str(nproc), *SCRIPT, str(run_dir), engine, plugin, str(steps), dtype],
+                          capture_output=True, text=True, timeout=280, cwd=REPO)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     return out
@@ -123,7 +124,7 @@ def test_low_level_zero_with_hybrid_adam_trains_on_gpu(tmp_path, dtype):
 def test_sequence_parallel_with_low_level_zero_on_two_gpus(tmp_path):
     cfg_dir = tmp_path / "sp"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(SCRIPT), str(cfg_dir), "colossalai", "-", str(STEPS), "bf16", f"stages.{STAGE}.sp_size=2"],
-                          capture_output=True, text=True, timeout=280)
+                           *SCRIPT, str(cfg_dir), "colossalai", "-", str(STEPS), "bf16", f"stages.{STAGE}.sp_size=2"],
+                          capture_output=True, text=True, timeout=280, cwd=REPO)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert len(_losses(cfg_dir)) == STEPS

@@ -14,7 +14,7 @@ import torch
 from opensora_core import checkpoint as ckpt
 from opensora_core.train.launcher import build_command, launch, train_args
 
-from conftest import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config, tiny_overrides, write_latent_cache
 
 pytestmark = pytest.mark.slow
 

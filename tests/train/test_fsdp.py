@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 
 import pytest
@@ -16,8 +15,9 @@ from opensora_core import checkpoint as ckpt
 from opensora_core.checkpoint import sharded
 from opensora_core.train.launcher import build_command, launch
 
-from conftest import STAGE, tiny_config
-from scale_jobs import EVERY, STEPS, job, losses, train
+from tests.kit import free_port
+from tests.kit.tiny_training import STAGE, tiny_config
+from tests.train.scale_jobs import EVERY, STEPS, job, losses, train
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -97,9 +97,7 @@ def test_2_rank_checkpoint_loads_exactly_on_1_rank(runs, monkeypatch):
     from opensora_core.train.engines import make_engine
     from opensora_core.models.stage import build_stage_model
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        monkeypatch.setenv("MASTER_PORT", str(s.getsockname()[1]))
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     cfg = runs["fsdp"]
     step_dir = cfg.paths.ckpt_dir(STAGE) / ckpt.step_dir_name(10)

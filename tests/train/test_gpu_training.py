@@ -8,7 +8,7 @@ import torch
 from opensora_core import checkpoint as ckpt
 from opensora_core.train.loop import train_stage
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -5,9 +5,7 @@ makes the job fail within its timeout with the reason, never hang."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import threading
 
@@ -17,16 +15,11 @@ import torch
 from opensora_core import checkpoint as ckpt
 from opensora_core.train.launcher import build_command, launch
 
-from conftest import STAGE
-from scale_jobs import job
+from tests.kit import environment, free_port
+from tests.kit.tiny_training import STAGE
+from tests.train.scale_jobs import job
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:
@@ -39,7 +32,7 @@ class Node:
         # one intra-op thread, as the one-node reference's ranks get: torchrun sets OMP_NUM_THREADS=1 only for
         # --nproc-per-node > 1, and 2 threads round differently (measured: the weights differ after 20 steps)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+                                     env=environment({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}),
                                      start_new_session=True)
         self.lines: list[str] = []
         self.stepping = stepping or threading.Event()  # set once rank 0 (on either node) logs step 3
@@ -75,7 +68,7 @@ class Node:
 
 def test_two_launchers_as_two_nodes_train_like_one_node_with_two_ranks(ddp_2rank_run, tmp_path):
     cfg, args = job(tmp_path / "run", "torch", 2)
-    port = _free_port()
+    port = free_port()
     nodes = [Node(args, rank, port) for rank in (0, 1)]
     for node in nodes:
         assert node.wait(timeout=300) == 0, node.output[-3000:]
@@ -92,7 +85,7 @@ def _lone_node(tmp_path, monkeypatch, node_rank: int) -> tuple[int, str, int]:
     """Launch one node of a 2-node job with a 5 s rendezvous timeout; (exit status, output, port)."""
     monkeypatch.setenv("OPENSORA_RDZV_TIMEOUT_S", "5")
     _, args = job(tmp_path / "run", "torch", 2)
-    port, lines = _free_port(), []
+    port, lines = free_port(), []
     rc = launch(args, nproc=1, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}", node_rank=node_rank,
                 line_callback=lines.append)
     return rc, "\n".join(lines), port
@@ -114,7 +107,7 @@ def test_without_node_0_the_other_nodes_fail_naming_the_unreachable_endpoint(tmp
 def test_a_node_that_stops_responding_fails_the_other_within_the_collective_timeout(tmp_path):
     _, args = job(tmp_path / "run", "torch", 2, **{f"stages.{STAGE}.max_steps": 5000, "train.ckpt_every": 5000,
                                                    "train.collective_timeout_s": 20})
-    port, stepping = _free_port(), threading.Event()  # rank 0 logs the steps; c10d picks the node that holds it
+    port, stepping = free_port(), threading.Event()  # rank 0 logs the steps; c10d picks the node that holds it
     nodes = [Node(args, rank, port, stepping) for rank in (0, 1)]
     try:
         assert stepping.wait(timeout=240), nodes[0].output[-2000:] + nodes[1].output[-2000:]

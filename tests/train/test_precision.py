@@ -9,7 +9,8 @@ from opensora_core import checkpoint as ckpt
 from opensora_core.train.loop import train_stage
 from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit import free_port
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def test_overflowing_fp16_step_is_skipped_and_scale_halves():
@@ -84,13 +85,9 @@ def _agree_worker(rank: int, port: int, out):
 
 
 def test_all_ranks_agree_on_every_flag_of_one_all_reduce():
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_agree_worker, args=(r, port, out)) for r in range(2)]

@@ -11,7 +11,7 @@ from opensora_core.models.stage import build_stage_model
 from opensora_core.train.init import init_source, init_weights
 from opensora_core.train.loop import train_stage
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def test_next_stage_starts_from_previous_ema_with_recomputed_position_embeddings(tmp_path):

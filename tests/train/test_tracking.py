@@ -9,7 +9,7 @@ import pytest
 from opensora_core.train.loop import train_stage
 from opensora_core.train.precision import NonFiniteLossError
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def test_nan_guard_aborts_and_marks_the_mlflow_run_failed_with_the_reason(tmp_path, mlflow_uri):

@@ -12,7 +12,7 @@ from opensora_core.config import ConfigError
 from opensora_core.eval.watch import TrainingWatcher
 from opensora_core.train.loop import train_stage
 
-from conftest import STAGE, RandomLatents, tiny_config
+from tests.kit.tiny_training import STAGE, RandomLatents, tiny_config
 
 
 def watched_config(run_dir, **extra):
