@@ -8,6 +8,7 @@ training runs with loss histories. Slow (a few minutes on 2 cores): the stages a
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import urllib.request
@@ -74,8 +75,12 @@ def test_a_second_flow_run_reuses_everything(clone, flow_run):
     assert len(summary) == 10 and all(outcome == "up" for _, outcome in summary), out.stdout
 
 
-def test_changed_eval_parameter_reruns_only_evaluate(clone, flow_run):
-    root, env = clone
+def test_changed_eval_parameter_reruns_only_evaluate(clone, flow_run, tmp_path):
+    """In a copy of the project (git, DVC cache, runs, MLflow store and all): the shared one stays as the flow
+    run left it for the tests after this one."""
+    root = tmp_path / clone[0].name
+    shutil.copytree(clone[0], root, symlinks=True)
+    env = clone[1]
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["presets"]["tiny"]["eval"]["cfg_scale"] = 2.0
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -47,9 +47,10 @@ def mlflow_server(tmp_path_factory):
     server.kill()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> dict:
-    """Final weights of one uninterrupted run of the stage (no MLflow)."""
+    """Final weights and losses of one uninterrupted run of the stage (no MLflow): the one reference every kill,
+    signal and concurrent-run test compares its resumed run with."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *job_overrides(run_dir)), run_dir.parent / "log")
     assert job.wait() == 0, job.text()[-3000:]

@@ -14,10 +14,12 @@ import time
 import psutil
 import pytest
 
+from opensora_core import checkpoint as ckpt
 from opensora_core.lifetime import OWNER_ENV
 
 from tests.faults.jobs import STAGE, STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, wait_all_gone
 from tests.kit import opensora_command
+from tests.kit.tiny_training import tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,9 @@ def _torchrun(job: Job) -> psutil.Process:
 
 def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resumed_run_is_bit_identical(tmp_path, reference):
     """One run directory, killed at one point after another: torchrun (SIGKILL), one rank (SIGKILL), the stage
-    process (SIGKILL), then resumed to the end."""
+    process (SIGKILL), every process of the job at once (SIGKILL: none gets to clean up), then resumed to the end.
+    The checkpoints land mid-epoch (16 samples / (2 ranks x 2) = 4 steps an epoch, one every 10 steps), so the
+    resume also continues the data order inside an epoch; each rank keeps its own RNG state."""
     run_dir = tmp_path / "run"
     overrides = job_overrides(run_dir)
     steps_seen = []
@@ -40,6 +44,7 @@ def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resume
         ("torchrun SIGKILL", lambda job: _torchrun(job).kill()),
         ("one rank SIGKILL", lambda job: _ranks(job)[-1].kill()),
         ("stage process SIGKILL", lambda job: job.proc.kill()),
+        ("the whole job SIGKILL", lambda job: [p.kill() for p in job.tree()]),
     ]
     for i, (what, kill) in enumerate(kill_points):
         job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / f"log{i}")
@@ -55,8 +60,11 @@ def test_each_kill_point_of_a_training_job_leaves_nothing_running_and_the_resume
     assert steps_seen[-1] is not None and steps_seen[-1] < STEPS
     job = Job(opensora_command("pipeline", "stage", STAGE_ID, "--no-track", *overrides), tmp_path / "log-final")
     assert job.wait() == 0, job.text()[-3000:]
-    assert "resuming" in job.text()
+    assert "resuming" in job.text() and f"resume:{ckpt.step_dir_name(steps_seen[-1])}" in job.text()
+    assert "[rank 1] " in job.text()  # the launcher names each rank's lines
     assert_resumed_bit_identical(run_dir, reference, steps_seen[-1])
+    final = ckpt.read_latest(tiny_config(run_dir).paths.ckpt_dir(STAGE))
+    assert sorted(p.name for p in final.glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
 
 
 def _flow_env(tmp_path) -> dict[str, str]:
