@@ -17,6 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from opensora_core.io import atomic_write
+
 CLIPS_FILE = "dataset.csv"
 IDENTITY_COLUMNS = ("path", "start", "end", "sha256", "text")
 
@@ -60,10 +62,7 @@ def write_clips(clips: pd.DataFrame, out_dir: Path) -> Path:
     """The full clip list beside the stage's checkpoints (atomic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CLIPS_FILE
-    tmp = path.with_name(f".{CLIPS_FILE}.tmp-{os.getpid()}")
-    clips.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, clips.to_csv(index=False))
 
 
 def log_input(mlflow, clips: pd.DataFrame, info: dict[str, Any]) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from opensora_core.io import atomic_write
+
 REQUIRED_COLUMNS = ("path", "text", "num_frames", "fps", "height", "width")
 RANGE_COLUMNS = ("start", "end")
 GROUND_TRUTH_COLUMNS = ("color", "shape", "motion", "background", "num_objects")
@@ -224,10 +226,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     base = path.resolve().parent
     df["path"] = [p if is_remote(p) or not os.path.isabs(p) else os.path.relpath(p, base) for p in df["path"]]
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, df.to_csv(index=False))
 
 
 def split_key(path: str, start: float | None = None) -> str:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from opensora_core.config import Config
+from opensora_core.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +125,7 @@ def _reference(cfg: Config, rows: list[dict], stage: str) -> dict[str, float]:
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def evaluate(cfg: Config, stages: list[str] | None = None, include_step0: bool = True, track: bool = True,

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from opensora_core.io import atomic_write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -144,10 +146,8 @@ class BufferedRun:
                 self.spill_path.unlink()
             return None
         self.spill_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.spill_path.with_name(self.spill_path.name + ".tmp")
-        tmp.write_text(json.dumps({"tracking_uri": self.uri, "run_id": self.run_id, "status": status,
-                                   "metrics": self._metrics, "tags": self._tags}))
-        os.replace(tmp, self.spill_path)
+        atomic_write_json(self.spill_path, {"tracking_uri": self.uri, "run_id": self.run_id, "status": status,
+                                            "metrics": self._metrics, "tags": self._tags})
         log.warning("MLflow at %s was down at the end of the job: %d metric values of run %s are in %s; "
                     "send them with `opensora tracking send %s`", self.uri, len(self._metrics), self.run_id,
                     self.spill_path, self.spill_path)

@@ -4,10 +4,7 @@ throughput, memory, and the FLOP count and peak behind the MFU column."""
 from __future__ import annotations
 
 import math
-import os
 import resource
-from pathlib import Path
-from typing import Any
 
 import torch
 
