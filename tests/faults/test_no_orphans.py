@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
@@ -18,7 +17,7 @@ from opensora_core import checkpoint as ckpt
 from opensora_core.lifetime import OWNER_ENV
 
 from tests.faults.jobs import STAGE, STAGE_ID, STEPS, Job, assert_resumed_bit_identical, job_overrides, latest_step, wait_all_gone
-from tests.kit import opensora_command
+from tests.kit import opensora_command, wait_until
 from tests.kit.tiny_training import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -122,9 +121,8 @@ def test_a_bound_process_dies_when_its_owner_or_any_process_in_between_dies(kill
     owner = subprocess.Popen([sys.executable, "-c", _OWNER])
     root = psutil.Process(owner.pid)
     # bound = its watcher thread runs (before that, a dead owner is caught by the start-up check instead)
-    while not any("timeit" in p.cmdline() and p.num_threads() >= 2 for p in root.children(recursive=True)):
-        assert owner.poll() is None
-        time.sleep(0.05)
+    wait_until(lambda: any("timeit" in p.cmdline() and p.num_threads() >= 2 for p in root.children(recursive=True)), 120,
+               what="the bound process's watcher thread", interval=0.05, process=owner)
     tree = [root, *root.children(recursive=True)]
     shell = next(p for p in tree if p.name() == "sh")
     (root if killed == "owner" else shell).send_signal(signal.SIGKILL)
