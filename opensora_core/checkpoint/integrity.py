@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -93,8 +94,6 @@ _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # how safetensors (Rust) repo
 def disk_full_cause(exc: BaseException) -> str | None:
     """'No space left on device' / 'File too large' / 'Disk quota exceeded' when `exc` (or what it was raised
     from: torch.save wraps the OSError in a RuntimeError) is a full disk or a file-size limit; else None."""
-    import os
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -12,14 +12,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 import typer
 
+from opensora_core import pipeline, project, tracking
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
+from opensora_core.locks import TIMEOUT_ENV
+from opensora_core.pipeline import Params, run_stage
+from opensora_core.tracking import experiment_url
 
 # the Prefect server the serving, deployment and worker commands talk to (one declaration, spelled the same)
 ApiUrlOption = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL")
@@ -27,8 +35,6 @@ ApiUrlOption = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PR
 
 def _exec_prefect(*args: str) -> None:
     """Replace this process with the venv's `prefect` command (signals then reach Prefect directly)."""
-    import os
-
     exe = str(Path(sys.executable).parent / "prefect")
     os.execv(exe, [exe, *args])
 
@@ -37,8 +43,6 @@ pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deploy
 
 
 def _params(params: Path | None, preset: str | None, overrides: list[str] | None):
-    from opensora_core.pipeline import Params
-
     load_cli_config(params, preset, overrides)  # validate first: exit code 2 with the field named
     return Params(str(params) if params else None, preset, tuple(overrides or []))
 
@@ -49,18 +53,11 @@ LockTimeoutOption = typer.Option(
 
 
 def _set_lock_timeout(seconds: float | None) -> None:
-    import os
-
-    from opensora_core.locks import TIMEOUT_ENV
-
     if seconds is not None:  # through the environment, so the stage subprocesses (DVC, Prefect tasks) see it too
         os.environ[TIMEOUT_ENV] = str(seconds)
 
 
 def _quiet_prefect() -> None:
-    import logging
-    import os
-
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     for name in ("alembic", "httpx", "httpcore"):  # per-request lines of Prefect's API client drown the progress
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -77,8 +74,6 @@ def stage_cmd(
     preset: str = PresetOption,
 ) -> None:
     """Run one stage (idempotent: skips when up to date). dvc.yaml's stages call this."""
-    from opensora_core.pipeline import run_stage
-
     _set_lock_timeout(lock_timeout)
     p = _params(params, preset, overrides)
     try:
@@ -94,8 +89,6 @@ def stage_cmd(
 @pipeline_app.command("status")
 def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOption, preset: str = PresetOption) -> None:
     """Each stage: up to date or not (from the stage records; `dvc status` says the same for DVC runs)."""
-    from opensora_core import pipeline
-
     cfg = load_cli_config(params, preset, overrides)
     for sid in pipeline.stage_ids(cfg):
         rec = pipeline.read_record(cfg, sid) or {}
@@ -106,18 +99,12 @@ def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOp
 
 
 def _prepare_tracking(params) -> None:
-    import contextlib
-
-    from opensora_core import tracking
-
     with contextlib.suppress(Exception):
         tracking.configure(params.load())
 
 
 def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
-    import threading
-
     _quiet_prefect()
     # MLflow's import and a new project's database (~10 s on 2 busy cores) overlap the temporary Prefect server's
     # start (~15-30 s, mostly in its own process); an error here shows again, reported, when the flow opens its run
@@ -183,8 +170,6 @@ def compare_cmd(
 @pipeline_app.command("server")
 def server_cmd(port: int = typer.Option(4200, "--port")) -> None:
     """Start a local Prefect server on 127.0.0.1 (state: SQLite under .prefect/). Then `make serve`."""
-    import os
-
     from flows.prefect_env import configure_prefect_env
 
     configure_prefect_env()  # project-local PREFECT_HOME and SQLite database
@@ -199,8 +184,6 @@ def serve_cmd(
     name: str = typer.Option("tiny", "--name", help="deployment name: progressive-training/<name>"),
 ) -> None:
     """Serve the flows as deployments against a Prefect server; then `prefect deployment run progressive-training/tiny`."""
-    import os
-
     os.environ["PREFECT_API_URL"] = api_url
     _quiet_prefect()
     from flows.serve import serve_all
@@ -214,8 +197,6 @@ def pool_cmd(
     api_url: str = ApiUrlOption,
 ) -> None:
     """Create a `process` work pool on the Prefect server (idempotent). Then `opensora pipeline deploy --pool NAME`."""
-    import os
-
     os.environ["PREFECT_API_URL"] = api_url
     _quiet_prefect()
     from flows.pool import create_process_pool
@@ -231,10 +212,6 @@ def deploy_cmd(
     api_url: str = ApiUrlOption,
 ) -> None:
     """Deploy progressive-training/<name> and the comparison flows to a work pool, from this project."""
-    import os
-
-    from opensora_core import project
-
     root = project.find_root()
     if root is None:
         fail(project.NOT_FOUND)
@@ -255,8 +232,6 @@ def worker_cmd(
     api_url: str = ApiUrlOption,
 ) -> None:
     """Start a Prefect worker for the pool on this machine (each flow run in a subprocess, in the project)."""
-    import os
-
     os.environ["PREFECT_API_URL"] = api_url
     typer.echo(f"prefect worker for pool {pool!r} at {api_url}")
     _exec_prefect("worker", "start", "--pool", pool, "--type", "process")
@@ -277,8 +252,6 @@ def demo_cmd(
     overrides: list[str] = OverridesArgument,
 ) -> None:
     """The main job: the whole tiny pipeline on CPU through the Prefect flow, then where to look."""
-    from opensora_core import pipeline
-
     t0 = time.time()
     p = _params(params, preset, overrides)
     cfg = p.load()
@@ -293,7 +266,6 @@ def demo_cmd(
                                                           if cfg.paths.eval_dir.exists() else [])
     typer.secho(f"\ndone in {wall:.0f} s: {body_s:.0f} s in the stages' own work, {task_s - body_s:.0f} s starting stage "
                 f"processes + DVC + MLflow, {wall - task_s:.0f} s in Prefect (flow, tasks, temporary API). Where to look:", bold=True)
-    from opensora_core.tracking import experiment_url
 
     typer.echo(f"  MLflow UI:       make mlflow-ui   ->  {experiment_url(cfg)}  (parent run 'progressive-training-...')")
     typer.echo(f"  metrics:         .venv/bin/dvc metrics show   ({cfg.paths.metrics})")

@@ -18,6 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from opensora_core.remote import remote_operation
+
 log = logging.getLogger(__name__)
 SHARD_SIZE = 256
 INDEX = "index.json"
@@ -54,11 +58,9 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
     Skips the work (returns at once) when the existing cache has the same fingerprint, unless `force`.
     """
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.data.manifest import read_manifest, reject_records
-    from opensora_core.remote import remote_operation
 
     st = cfg.stage(stage)
     manifest = Path(manifest or cfg.paths.manifest)

@@ -17,15 +17,15 @@ from typing import Any
 
 import pandas as pd
 
+from opensora_core.data.cache import INDEX
+from opensora_core.data.manifest import ManifestError, read_manifest
+
 CLIPS_FILE = "dataset.csv"
 IDENTITY_COLUMNS = ("path", "start", "end", "sha256", "text")
 
 
 def training_clips(cfg, stage: str) -> pd.DataFrame:
     """The manifest rows `stage` trains on, with the identity columns present in the manifest."""
-    from opensora_core.data.cache import INDEX
-    from opensora_core.data.manifest import ManifestError, read_manifest
-
     manifest = cfg.paths.manifest
     index = cfg.paths.cache_dir(stage) / INDEX
     cached = cfg.train.use_latent_cache and index.is_file()

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from opensora_core.vocabulary import (  # noqa: F401 - the vocabulary's names, where the renderer uses them
+    _MOTION_PHRASE,
     BACKGROUNDS,
     COLORS,
     FPS,
@@ -35,7 +39,6 @@ from opensora_core.vocabulary import (  # noqa: F401 - the vocabulary's names, w
     TRANSLATION_STARTS,
     TWO_OBJECT_FRACTION,
     Vocabulary,
-    _MOTION_PHRASE,
 )
 
 log = logging.getLogger(__name__)
@@ -219,8 +222,6 @@ def generate_synthetic(out: str | Path, num: int, frames: int, size: int, seed: 
     Atomic: everything is written to a sibling temp dir and renamed over `out`, so an interrupted run never leaves a
     manifest pointing at missing clips.
     """
-    import shutil
-
     from opensora_core.data.manifest import write_manifest
 
     if size % 2 or size < 16:
@@ -257,14 +258,10 @@ def generate_synthetic(out: str | Path, num: int, frames: int, size: int, seed: 
 
 
 def _torch_loaded() -> bool:
-    import sys
-
     return "torch" in sys.modules  # forking a process that holds torch's thread pools can hang: spawn then
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc="synthetic clips", unit="clip", disable=not enabled)
 
 

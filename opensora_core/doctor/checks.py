@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from opensora_core.config import Config
+from opensora_core.tracking import resolve_uri, tracking_root
 
 CONNECT_TIMEOUT_S = 3.0
 CHECK_TIMEOUT_S = 30.0  # the whole of one check (dvc's start-up is the slowest part)
@@ -132,8 +133,6 @@ def check_disk(cfg: Config, needs) -> Check:
 
 
 def check_mlflow(cfg: Config) -> Check:
-    from opensora_core.tracking import resolve_uri, tracking_root
-
     uri = resolve_uri(cfg.tracking.uri, tracking_root(cfg))
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):

@@ -18,8 +18,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from opensora_core.config import Config
+from opensora_core.diffusion.training import training_diffusion
+from opensora_core.models.stage import build_stage_model, latent_size
+from opensora_core.train.distributed import DistEnv
+from opensora_core.train.ema import EMA
+from opensora_core.train.precision import LossScaler, autocast
 
 
 def _unique_bytes(tensors) -> int:
@@ -37,8 +43,6 @@ def _unique_bytes(tensors) -> int:
 
 def _cpu_peak_during(fn) -> int:
     """Highest point of the CPU allocator's running total (bytes since the start) while `fn()` runs."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,12 +59,7 @@ def _cpu_peak_during(fn) -> int:
 
 def measure_step_peak(cfg: Config, stage: str, device: str = "cpu") -> int:
     """Peak bytes of one training step of `stage` (random latents and captions of the stage's shapes)."""
-    from opensora_core.train.ema import EMA
-    from opensora_core.train.distributed import DistEnv
     from opensora_core.train.engines import TorchEngine
-    from opensora_core.diffusion.training import training_diffusion
-    from opensora_core.models.stage import build_stage_model, latent_size
-    from opensora_core.train.precision import LossScaler, autocast
 
     torch.manual_seed(0)
     dev = torch.device(device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from opensora_core import project
 from opensora_core.config import Config
 from opensora_core.doctor.memory import CONFIG_ENGINES, EncoderLoad, ModelShape, Workload
 
@@ -63,8 +64,6 @@ def _count_local_params(folder: Path) -> int | None:
 
 def encoder_params(cfg: Config, pretrained: str | None, tiny_folder: Path) -> int | None:
     """Parameters of an encoder: a local folder's safetensors, or the known released size; None when unknown."""
-    from opensora_core import project
-
     if pretrained is None:
         return _count_local_params(tiny_folder) if tiny_folder.is_dir() else None
     local = Path(project.resolve_local_or_id(cfg.project_dir, pretrained))

@@ -30,6 +30,7 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from opensora_core.encoders.vae import SD_SCALING_FACTOR
 from opensora_core.encoders.weights import write_atomically
@@ -271,8 +272,6 @@ GRAD_CLIP = 1.0    # max global gradient norm
 
 def _train(train, val, out_dir, t0, schedule: _LrSchedule, batch_size, lr, seed, latent_channels, downsample, width,
            crop, kl_weight, progress) -> VAETrainResult:
-    from tqdm import tqdm
-
     g = torch.Generator().manual_seed(seed)
     vae = tiny_autoencoder(latent_channels, downsample, width, seed).train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)

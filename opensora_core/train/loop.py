@@ -15,26 +15,29 @@ import math
 import os
 import random
 import signal
+import subprocess
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from opensora_core.config import Config
 from opensora_core import checkpoint as ckpt
+from opensora_core import tracking
 from opensora_core.checkpoint import sharded
-from opensora_core.train.data import build_train_data
-from opensora_core.train.ema import EMA
-from opensora_core.train.distributed import destroy_distributed, init_distributed
-from opensora_core.train.engines import make_engine
+from opensora_core.config import Config
 from opensora_core.diffusion.training import training_diffusion
+from opensora_core.models.sequence_parallel import enable_sequence_parallel
 from opensora_core.models.stage import build_stage_model, latent_size
-from opensora_core.train.init import init_weights
 from opensora_core.tracking import MetricsLog
+from opensora_core.train.data import build_train_data
+from opensora_core.train.distributed import destroy_distributed, init_distributed
+from opensora_core.train.ema import EMA
+from opensora_core.train.engines import make_engine
+from opensora_core.train.init import init_weights
 from opensora_core.train.metrics import COLUMNS, Throughput, memory_mb, peak_tflops
 from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, all_ranks_any, autocast
 
@@ -95,8 +98,6 @@ def _scheduler_state(scheduler) -> dict:
 
 def _git_commit(project_dir: Path) -> str:
     """The project's commit (the user's repository, not the installed tool's)."""
-    import subprocess
-
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project_dir, capture_output=True,
                               text=True, timeout=5).stdout.strip() or "unknown"
@@ -139,7 +140,6 @@ def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: 
     if not enabled:
         yield None
         return
-    from opensora_core import tracking
 
     previous = os.environ.pop(tracking.RUN_ENV, None)
     run_id = run_id or previous  # the checkpoint's run first, else one the caller asked to join
@@ -213,8 +213,6 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
     if resume_from and not resume_sharded:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
     if sp_size > 1:
-        from opensora_core.models.sequence_parallel import enable_sequence_parallel
-
         enable_sequence_parallel(engine.unwrap(train_model), sp_size)
     lr = stage_lr(cfg, stage)
     optimizer = engine.make_optimizer(engine.unwrap(train_model), lr, tc.weight_decay)
