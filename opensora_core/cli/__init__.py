@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 # Order = order in `opensora --help`.
-_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench", "doctor", "tracking_cmd")
+_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "demo", "bench", "doctor", "tracking_cmd")
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"opensora_core.cli.{_area}")

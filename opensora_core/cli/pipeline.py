@@ -1,6 +1,5 @@
-"""`opensora demo` (the main job) and `opensora pipeline ...`: stages, the Prefect flows, serving, status.
+"""`opensora pipeline ...`: stages, the Prefect flows, serving, status (`opensora demo` is in demo.py).
 
-    opensora demo [--force]                       whole tiny pipeline through the Prefect flow, then where to look
     opensora pipeline run [--stage S ...] [--dtype bf16] [--lr 2e-5] [--processes 2] [key=value ...]
     opensora pipeline stage <id> [--force] [--lock-timeout S] [key=value ...]   one stage (what dvc.yaml runs)
     opensora pipeline status                      which stages are up to date
@@ -18,7 +17,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import typer
@@ -42,7 +40,7 @@ def _exec_prefect(*args: str) -> None:
 pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deployments.", no_args_is_help=True)
 
 
-def _params(params: Path | None, preset: str | None, overrides: list[str] | None):
+def cli_params(params: Path | None, preset: str | None, overrides: list[str] | None):
     load_cli_config(params, preset, overrides)  # validate first: exit code 2 with the field named
     return Params(str(params) if params else None, preset, tuple(overrides or []))
 
@@ -75,7 +73,7 @@ def stage_cmd(
 ) -> None:
     """Run one stage (idempotent: skips when up to date). dvc.yaml's stages call this."""
     _set_lock_timeout(lock_timeout)
-    p = _params(params, preset, overrides)
+    p = cli_params(params, preset, overrides)
     try:
         result = run_stage(stage_id, p, force=force, track=not no_track)
     except (ValueError, FileNotFoundError) as e:
@@ -139,9 +137,9 @@ def run_cmd(
     """Run the progressive-training Prefect flow locally."""
     _set_lock_timeout(lock_timeout)
     extra = [f"train.dtype={dtype}"] * bool(dtype) + [f"train.lr={lr}"] * bool(lr) + [f"train.processes={processes}"] * bool(processes)
-    p = _params(params, preset, list(overrides or []) + extra)
+    p = cli_params(params, preset, list(overrides or []) + extra)
     rows = run_flow(p, stage, force, retries, dvc, nodes)
-    _print_rows(rows)
+    print_rows(rows)
 
 
 @pipeline_app.command("compare")
@@ -158,13 +156,13 @@ def compare_cmd(
     from flows.comparison import lr_comparison, precision_comparison
     from flows.run_lifetime import bind_temporary_api
 
-    p = _params(params, preset, overrides)
+    p = cli_params(params, preset, overrides)
     fn = {"precision": precision_comparison, "lr": lr_comparison}.get(what)
     if fn is None:
         fail("compare precision | lr")
     bind_temporary_api()
     rows = fn(stage=stage, steps=steps, preset=p.preset, overrides=list(p.overrides), params_path=p.path)
-    _print_rows(rows)
+    print_rows(rows)
 
 
 @pipeline_app.command("server")
@@ -237,7 +235,7 @@ def worker_cmd(
     _exec_prefect("worker", "start", "--pool", pool, "--type", "process")
 
 
-def _print_rows(rows) -> None:
+def print_rows(rows) -> None:
     for r in rows or []:
         m = r.get("metrics") or {}
         loss = m.get("final_loss")
@@ -245,36 +243,5 @@ def _print_rows(rows) -> None:
                    + (f"  final loss {loss:.4f}" if loss is not None else ""))
 
 
-def demo_cmd(
-    force: bool = typer.Option(False, "--force", help="rerun every stage even if up to date"),
-    params: Path = ParamsOption,
-    preset: str = PresetOption,
-    overrides: list[str] = OverridesArgument,
-) -> None:
-    """The main job: the whole tiny pipeline on CPU through the Prefect flow, then where to look."""
-    t0 = time.time()
-    p = _params(params, preset, overrides)
-    cfg = p.load()
-    typer.secho(f"opensora demo: preset {cfg.preset}, {len(pipeline.stage_ids(cfg))} stages, run dir {cfg.root}", bold=True)
-    rows = run_flow(p, None, force, 1, None)
-    wall = time.time() - t0
-    _print_rows(rows)
-    task_s = sum(r.get("seconds", 0) for r in rows)
-    body_s = sum(r.get("stage_seconds", 0) for r in rows)
-    final_samples = cfg.paths.eval_dir / "samples" / cfg.stage_names()[-1]  # the final model's videos first
-    samples = sorted(final_samples.glob("*.mp4"))[:4] or (sorted(cfg.paths.eval_dir.rglob("*.mp4"))[:4]
-                                                          if cfg.paths.eval_dir.exists() else [])
-    typer.secho(f"\ndone in {wall:.0f} s: {body_s:.0f} s in the stages' own work, {task_s - body_s:.0f} s starting stage "
-                f"processes + DVC + MLflow, {wall - task_s:.0f} s in Prefect (flow, tasks, temporary API). Where to look:", bold=True)
-
-    typer.echo(f"  MLflow UI:       make mlflow-ui   ->  {experiment_url(cfg)}  (parent run 'progressive-training-...')")
-    typer.echo(f"  metrics:         .venv/bin/dvc metrics show   ({cfg.paths.metrics})")
-    typer.echo(f"  sample videos:   {cfg.paths.eval_dir}" + "".join(f"\n                   {s}" for s in samples))
-    typer.echo(f"  loss curves:     .venv/bin/dvc plots show   ({cfg.paths.ckpt_dir('*')}/train_log.csv)")
-    typer.echo("  Prefect runs:    .venv/bin/opensora pipeline server  (UI at http://127.0.0.1:4200)")
-    typer.echo("  rerun:           make demo (reuses what is up to date; --force retrains)")
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(pipeline_app, name="pipeline")
-    app.command("demo")(demo_cmd)
