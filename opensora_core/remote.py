@@ -10,6 +10,8 @@ in whatever the server answered.
 
 A remote failure is not a property of a file: ingest, captioning and the dataset raise it instead of counting
 the file as unreadable, so a rerun once the store is back does the files that were missed.
+
+dvc is imported inside the functions that sync with the remote: the CLI imports this module at start-up.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""`opensora data ...`: synthetic videos, ingest, captioning, manifest stats, latent cache, prepare."""
+"""`opensora data ...`: synthetic videos, ingest, captioning, manifest stats, latent cache, prepare.
+
+Heavy imports (pandas) happen inside the commands, so `opensora --help` and the other commands start without
+them.
+"""
 
 from __future__ import annotations
 

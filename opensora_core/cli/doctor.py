@@ -2,6 +2,9 @@
 
 Exit status: 0 when every check passed (warnings allowed) and every stage fits; 1 when a check failed or a
 stage does not fit the GPU memory; 2 for bad input (unknown stage or engine, invalid parameters).
+
+Heavy imports (torch) happen inside the commands, so `opensora --help` and the other commands start without
+them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """`opensora sample`, `opensora evaluate`, `opensora report`: videos from a checkpoint, the evaluate stage, the
-comparison report."""
+comparison report.
+
+Heavy imports (safetensors, torch) happen inside the commands, so `opensora --help` and the other commands
+start without them.
+"""
 
 from __future__ import annotations
 

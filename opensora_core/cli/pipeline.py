@@ -7,6 +7,9 @@
     opensora pipeline server                      local Prefect server on 127.0.0.1 (SQLite under .prefect/)
     opensora pipeline serve                       serve the deployments (progressive-training/tiny, ...)
     opensora pipeline pool gpu | deploy --pool gpu | worker --pool gpu     the work-pool route (flows/pool.py)
+
+The flows are imported inside the commands: importing flows configures Prefect's project-local state, and `opensora
+--help` must neither write it nor pay for prefect.
 """
 
 from __future__ import annotations
@@ -104,8 +107,8 @@ def _prepare_tracking(params) -> None:
 def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
     _quiet_prefect()
-    # MLflow's import and a new project's database (~10 s on 2 busy cores) overlap the temporary Prefect server's
-    # start (~15-30 s, mostly in its own process); an error here shows again, reported, when the flow opens its run
+    # MLflow's import and a new project's database (slow on busy cores) overlap the temporary Prefect server's
+    # start (mostly in its own process); an error here shows again, reported, when the flow opens its run
     tracking_ready = threading.Thread(target=_prepare_tracking, args=(params,), daemon=True)
     tracking_ready.start()
     from flows.progressive_training import progressive_training

@@ -1,5 +1,9 @@
 """`opensora train --stage S [key=value ...]` (one stage, one process or under torchrun) and
-`opensora launch --nproc N [--nnodes M --rdzv-endpoint HOST:PORT --node-rank R] -- train --stage S ...`."""
+`opensora launch --nproc N [--nnodes M --rdzv-endpoint HOST:PORT --node-rank R] -- train --stage S ...`.
+
+Heavy imports (pandas, safetensors, torch) happen inside the commands, so `opensora --help` and the other
+commands start without them.
+"""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ Layout of `cfg.paths.cache_dir(stage)`:
                                   index [n] int64 (the clip's row in the manifest)
 Written into a sibling temp dir and renamed, so a crash never leaves a half cache; rebuilt only when the
 fingerprint (manifest bytes, stage frames/stride/size, encoder identity) changes.
+
+Heavy or optional imports (pandas, safetensors, torch) happen inside the functions that need
+them, so importing this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

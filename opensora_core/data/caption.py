@@ -7,6 +7,8 @@ Captioners take a batch of manifest rows (dicts) and return one caption per row:
 
 `caption_manifest` appends each finished batch to a jsonl checkpoint next to the output, so an interrupted run
 resumes without redoing finished clips; the output manifest gets the captions and a stable train/val split.
+
+The LLaVA captioner (transformers, an optional model) is imported only when data.captioner asks for it.
 """
 
 from __future__ import annotations

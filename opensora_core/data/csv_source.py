@@ -11,6 +11,9 @@ Any other column is carried into the manifest as it is.
 
 A CSV without a `path` or `text` column, or with an empty path or caption, is refused as a whole (ManifestError
 naming the column or the row), before anything is probed or written.
+
+Heavy or optional imports (fsspec) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ honoured); nothing about them is logged. An unreachable endpoint or refused cred
 run stops with a one-line RemoteError (opensora_core.remote) after recording the files it finished, and
 manifest.csv / rejects.csv are only written (atomically) once every file is done, so a failed run never
 publishes a manifest that lacks files or names files that are not there.
+
+Heavy or optional imports (av, s3fs) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ split when encoding online). Their identity is the rows' (path relative to the m
 sha256 when the ingest hashed the file, caption), in training order; its digest changes when any clip, cut or
 caption does. The stage's checkpoint folder holds the full list (`dataset.csv`); every meta.json and the MLflow
 run carry the digest, the source and the count, so a checkpoint answers "what trained this?" without the run.
+
+Heavy or optional imports (mlflow) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ colour and position back from pixels.
 Clips are written as real H.264 mp4 files (yuv420p, low CRF so colours survive) with PyAV, in parallel.
 Determinism: clip `i` of seed `k` is drawn from `numpy.random.default_rng([k, i])`, and x264 runs single-threaded,
 so the same (seed, index) always yields the same bytes.
+
+Heavy or optional imports (av, pandas) happen inside the functions that need them, so importing this module (the
+CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

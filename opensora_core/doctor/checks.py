@@ -3,6 +3,9 @@
 A check returns a `Check` whose status is ok, warn (works, but worth knowing), skip (not applicable or not
 checkable) or fail (a stage will break). Network checks use a ~3 s connect timeout and never print credentials:
 URLs are shown without their user-info part.
+
+Each check imports what it probes (torch, botocore, dvc, av) inside its function: a missing optional dependency
+fails that check, not the doctor.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ its value when the step began.
 The step is the training loop's (opensora_core.train.loop): IDDPM loss under autocast, gradients of the last step
 freed after the forward pass, backward, clip, AdamW, EMA update; one warm-up step first, so AdamW's states exist.
 Single process (no DDP buckets): the engine the prediction is compared with is `ddp` on one rank.
+
+Heavy or optional imports (opensora_core.train.engines) happen inside the functions that need them, so importing
+this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

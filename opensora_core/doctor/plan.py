@@ -1,6 +1,9 @@
 """What the config's stages will need: per-GPU memory workloads (opensora_core.doctor.memory) and disk.
 
 The model is built on the meta device to count its parameters (nothing is allocated, STDiT-XL/2 included).
+
+Heavy or optional imports (safetensors, torch) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

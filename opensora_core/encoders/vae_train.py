@@ -10,6 +10,9 @@ cosine decay (`StableDecaySchedule`). After training the latent scale is calibra
 The recipe (hold the lr until a PSNR level, then a short decay, gradients clipped to norm 1) was chosen over a
 fixed cosine, wider networks, other norm groups, other lrs, deterministic latents, full frames and smaller crops
 (GroupNorm statistics of small crops do not match those of full frames); the measurements are in docs/results.md.
+
+Heavy or optional imports (av, diffusers, pandas) happen inside the functions that need them, so importing
+this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

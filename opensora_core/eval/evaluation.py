@@ -9,6 +9,9 @@ clips, which shows what a perfect generator scores):
   temporal_change (mean |frame_t+1 - frame_t|, [0,1] pixels); fd_randproj (Fréchet distance to the held-out
   clips in a fixed 32-d random projection of 4x16x16 frames: not FVD); heldout_loss and heldout_loss_b0..b3
   (diffusion loss in four timestep buckets, fixed noise and t).
+
+Heavy or optional imports (mlflow) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """The comparison report: loss curves of chosen MLflow runs (fp16 vs bf16, lr, stage by stage), a metrics table,
 sample grids side by side; one HTML file with its PNGs alongside, logged to MLflow. `summary_markdown` gives
-the short markdown the Prefect flow publishes as an artifact."""
+the short markdown the Prefect flow publishes as an artifact.
+
+Heavy or optional imports (matplotlib, mlflow) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
+"""
 
 from __future__ import annotations
 

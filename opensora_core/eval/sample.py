@@ -5,6 +5,9 @@ learned `y_embedder.y_embedding`, as in Open-Sora 1.0) and decodes through the V
 noise of prompt i comes from its own generator seeded (seed, i), so a prompt's video does not depend on the
 batch size or on the other prompts; the per-step noise comes from one generator per batch seeded
 (seed, first index), so a whole run is reproducible for a seed and batch size.
+
+Heavy or optional imports (PIL, av, mlflow) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -154,7 +157,7 @@ def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8, min_side: int 
     """An animated gif of `frames` `[T, H, W, 3]` uint8, upscaled (nearest) to at least `min_side` pixels.
 
     One palette for the whole clip, chosen at the native size: PIL would otherwise pick one per frame after the
-    upscale, a median cut over 16x the pixels (the evaluate stage spent 30 of its ~130 s there), and a per-frame
+    upscale, a median cut over 16x the pixels (a large share of the evaluate stage's time), and a per-frame
     palette can make a still colour flicker. Upscaling the palette image with nearest neighbour adds no colour.
     """
     from PIL import Image

@@ -1,8 +1,8 @@
 """The stage bodies and the one public registry of stages (`STAGES`): what each kind of stage does.
 
 A body takes a `StageContext` and returns its metrics. Bodies import their layer's code inside the function: a
-stage process (DVC runs one per stage) then pays only for its own imports (torch, diffusers, transformers take
-6-9 s to import), and `opensora --help` none.
+stage process (DVC runs one per stage) then pays only for its own heavy imports (torch, diffusers, transformers),
+and `opensora --help` none.
 
 MLflow: a body whose `tracks_itself` is false runs inside a child run that the runner opens; the training job's
 rank 0 and the evaluate stage open their own run, joining the same parent (OPENSORA_PARENT_RUN_ID).
@@ -151,7 +151,7 @@ def _numbers(d: dict) -> dict[str, float]:
 
 
 def _manifest_metrics(path: Path, name: str) -> dict[str, float]:
-    import pandas as pd  # ~0.5 s: only the stages that read a manifest pay it
+    import pandas as pd  # heavy: only the stages that read a manifest pay it
 
     return {name: float(len(pd.read_csv(path)))} if path.exists() else {}
 

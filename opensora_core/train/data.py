@@ -3,6 +3,9 @@
 `TrainData.batch_inputs(batch)` turns a DataLoader batch into `(x [B, C, T, h, w], y [B, 1, N, Cc],
 mask [B, N])` on the device, whichever the source: the cache already holds VAE latents and T5 outputs; online
 encoding runs the frozen VAE and text encoder on each batch (Open-Sora 1.0's default).
+
+Heavy or optional imports (pandas) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
