@@ -19,6 +19,10 @@ from flows.prefect_env import configure_prefect_env
 
 configure_prefect_env()  # project-local Prefect settings, before prefect is imported
 from prefect import Flow  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
+from prefect.client.schemas.actions import WorkPoolCreate  # noqa: E402
+from prefect.exceptions import ObjectAlreadyExists  # noqa: E402
+from prefect.workers.process import ProcessWorker  # noqa: E402
 
 # deployment flows: name -> module entrypoint (the package's, so a project holds no flow code of its own)
 ENTRYPOINTS = {
@@ -30,11 +34,6 @@ ENTRYPOINTS = {
 
 def create_process_pool(name: str) -> bool:
     """Create a `process` work pool (the default job template of Prefect's process worker); False if it exists."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-    from prefect.workers.process import ProcessWorker
-
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=name, type="process",

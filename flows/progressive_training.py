@@ -13,6 +13,7 @@ Run locally (no server): `opensora pipeline run` / `opensora demo`, or `python -
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -117,8 +118,6 @@ def progressive_training(
         force: rerun stages that are up to date.
         use_dvc: record stages through `dvc repro` (default: when the config is exactly params.yaml's).
     """
-    import os
-
     if nodes > 1:
         os.environ["OPENSORA_NNODES"] = str(nodes)
     params = job_params(preset, dtype, lr, processes, overrides, params_path)

@@ -10,6 +10,9 @@
   whose process is gone: a flow run killed with SIGKILL cannot report its own end, so the next run does.
   (Prefect's own route, runner heartbeats plus a zombie-detection automation, needs a served deployment
   and the server's event services; a flow called from `opensora pipeline run` has neither.)
+
+prefect (and psutil) are imported inside the functions: the `opensora` CLI imports this module, and Prefect's
+settings must be configured (flows/prefect_env.py) before prefect loads.
 """
 
 from __future__ import annotations

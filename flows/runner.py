@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from opensora_core import pipeline
+from opensora_core import pipeline, tracking
 from opensora_core.config import Config
 from opensora_core.lifetime import bound_command
 
@@ -108,8 +108,6 @@ def run_stage_process(stage_id: str, params: pipeline.Params, use_dvc: bool, for
 
 def results_markdown(title: str, rows: list[dict[str, Any]], cfg: Config, mlflow_ui: str = "http://127.0.0.1:5000") -> str:
     """The flow's report: one row per stage with outcome, duration, final loss and the MLflow run link."""
-    from opensora_core import tracking
-
     lines = [f"# {title}", "", f"preset `{cfg.preset}`, dtype `{cfg.train.dtype}`, lr `{cfg.train.lr:g}`, run dir `{cfg.root}`", "",
              "| stage | outcome | duration (s) | final loss | MLflow run |", "|---|---|---:|---:|---|"]
     for r in rows:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import runpy
 import select
 import signal
 import subprocess
@@ -162,7 +163,6 @@ def _main(argv: list[str]) -> None:
     if argv[:1] == ["--reap"]:
         _reap(int(argv[1]), float(argv[2]))
         return
-    import runpy
 
     bind_to_owner()
     sys.argv = argv  # the module sees its own name and arguments, as under `python -m`

@@ -13,6 +13,8 @@ and DVC can run a stage in its own temporary copy of the project (`dvc exp run -
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -97,16 +99,12 @@ def template_text(name: str, preset: str = "tiny") -> str:
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
-    import subprocess
-
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"`{' '.join(cmd)}` failed in {cwd}: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
 def _git_toplevel(folder: Path) -> Path | None:
-    import subprocess
-
     done = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=folder, capture_output=True, text=True)
     return Path(done.stdout.strip()).resolve() if done.returncode == 0 else None
 
@@ -117,8 +115,6 @@ def init_project(folder: str | Path, preset: str = "tiny", dvc_command: list[str
 
     Raises InitConflict (before writing anything) when params.yaml or dvc.yaml exists with other content.
     """
-    import sys
-
     root = Path(folder).expanduser().resolve()
     wanted = {dest: template_text(dest, preset) for dest in TEMPLATE_FILES}
     for dest, text in wanted.items():

@@ -10,12 +10,16 @@ in whatever the server answered.
 
 A remote failure is not a property of a file: ingest, captioning and the dataset raise it instead of counting
 the file as unreadable, so a rerun once the store is back does the files that were missed.
+
+dvc is imported inside the functions that sync with the remote: the CLI imports this module at start-up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 EXIT_CODE = 4  # 2: bad parameters, 3: training diverged; 4: the remote failed, the same command can be rerun
@@ -149,9 +153,6 @@ def dvc_remote(remote: str | None = None, cwd: str | None = None) -> tuple[str, 
 def dvc_sync(command: str, remote: str | None = None, targets: list[str] | None = None, cwd: str | None = None) -> str:
     """Run `dvc push` / `dvc pull` and return its output; on failure raise a RemoteError naming the command, the
     remote and its endpoint (DVC's own output is in the traceback with --verbose / OPENSORA_DEBUG=1)."""
-    import subprocess
-    import sys
-
     if command not in ("push", "pull"):
         raise ValueError(f"dvc_sync: push or pull, not {command!r}")
     args = [sys.executable, "-m", "dvc", command, *(["-r", remote] if remote else []), *(targets or [])]

@@ -5,11 +5,10 @@ The manifest walks the whole step directory (every file below it except meta.jso
 engine adds (e.g. a torch.distributed.checkpoint folder) are covered without naming them. Files added after the
 checkpoint was written (samples/ from `opensora sample`) are not in the manifest and are ignored.
 
-Cost: one streamed read of the checkpoint per save and per load. SHA-256 with the CPU's SHA extensions measured
-~1.3 GB/s on one core of this project's 2-core machine (blake2b: ~0.44 GB/s, so SHA-256 it is): the tiny preset's
-few MB take milliseconds; STDiT-XL/2 (model + EMA ~5.4 GB, fp32 AdamW ~11 GB) about 13 s per save, a few
-percent of a save at `ckpt_every: 1000`. `quick=True` checks presence and sizes only (what pruning uses);
-weights-only readers (the next stage's init, sampling, evaluation) hash only the weight files (~5.4 GB, ~4 s).
+Cost: one streamed read of the checkpoint per save and per load. SHA-256, because the CPU's SHA extensions make it
+faster than blake2b (docs/results.md); a few percent of a save at `ckpt_every: 1000` for STDiT-XL/2.
+`quick=True` checks presence and sizes only (what pruning uses); weights-only readers (the next stage's init,
+sampling, evaluation) hash only the weight files.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -93,8 +93,6 @@ _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")  # how safetensors (Rust) repo
 def disk_full_cause(exc: BaseException) -> str | None:
     """'No space left on device' / 'File too large' / 'Disk quota exceeded' when `exc` (or what it was raised
     from: torch.save wraps the OSError in a RuntimeError) is a full disk or a file-size limit; else None."""
-    import os
-
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

@@ -29,7 +29,11 @@ import warnings
 from pathlib import Path
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 DCP_DIR = "dcp"
 KEYS = ("model", "optimizer", "ema")
@@ -43,7 +47,6 @@ def is_sharded(step_dir: Path) -> bool:
 def has_key(step_dir: Path, key: str) -> bool:
     if not is_sharded(step_dir):
         return False
-    from torch.distributed.checkpoint import FileSystemReader
 
     prefix = key + "."
     metadata = FileSystemReader(Path(step_dir) / DCP_DIR).read_metadata()
@@ -51,24 +54,17 @@ def has_key(step_dir: Path, key: str) -> bool:
 
 
 def _training_state(model: nn.Module, optimizer: torch.optim.Optimizer, ema) -> dict:
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
     model_state, optimizer_state = get_state_dict(model, optimizer)  # sharded DTensors, FQN keys
     return {"model": model_state, "optimizer": optimizer_state, "ema": ema.shadow}
 
 
 def save_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema) -> None:
     """Collective: every rank writes its shards of weights, optimizer state and EMA into `step_dir/dcp/`."""
-    import torch.distributed.checkpoint as dcp
-
     dcp.save(_training_state(model, optimizer, ema), checkpoint_id=Path(step_dir) / DCP_DIR)
 
 
 def load_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema) -> None:
     """Collective: load weights, optimizer state and EMA into the sharded model (any world size)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import set_state_dict
-
     state = _training_state(model, optimizer, ema)
     dcp.load(state, checkpoint_id=Path(step_dir) / DCP_DIR)  # in place, EMA shadow included
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
@@ -77,10 +73,6 @@ def load_sharded(step_dir: Path, model: nn.Module, optimizer: torch.optim.Optimi
 def load_full(step_dir: Path, key: str = "model") -> dict[str, torch.Tensor]:
     """The full (unsharded) tensors of `key`, read in this process alone, on the CPU: "model" and "ema" give
     state dicts of the plain model; "optimizer" gives `state.<param fqn>.<exp_avg|exp_avg_sq|step>` tensors."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     path = Path(step_dir) / DCP_DIR
     reader = FileSystemReader(path)
     prefix = key + "."

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from opensora_core import remote
+from opensora_core.lifetime import bind_to_owner
 from opensora_core.project import PROJECT_ENV
 
 app = typer.Typer(
@@ -23,7 +24,7 @@ app = typer.Typer(
 )
 
 # Order = order in `opensora --help`.
-_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "bench", "doctor", "tracking_cmd")
+_AREAS = ("project_cmd", "config_cmd", "data", "encoders", "train", "eval", "pipeline", "demo", "bench", "doctor", "tracking_cmd")
 for _area in _AREAS:
     try:
         _module = importlib.import_module(f"opensora_core.cli.{_area}")
@@ -48,8 +49,6 @@ def _options(
 
 
 def main() -> None:
-    from opensora_core.lifetime import bind_to_owner
-
     bind_to_owner()  # a process started on behalf of another dies with it (opensora_core/lifetime.py)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("botocore.credentials", "aiobotocore.credentials"):  # "Found credentials in ...": noise

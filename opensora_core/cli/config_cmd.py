@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
+import yaml
 
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, load_cli_config
 
@@ -20,10 +22,6 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of YAML"),
     ) -> None:
         """Print the resolved config of a preset after overrides; exit 2 naming the field if it is invalid."""
-        import json
-
-        import yaml
-
         cfg = load_cli_config(params, preset, overrides)
         data = cfg.model_dump(mode="json")
         typer.echo(json.dumps(data, indent=2) if as_json else yaml.safe_dump(data, sort_keys=False))

@@ -1,12 +1,23 @@
-"""`opensora data ...`: synthetic videos, ingest, captioning, manifest stats, latent cache, prepare."""
+"""`opensora data ...`: synthetic videos, ingest, captioning, manifest stats, latent cache, prepare.
+
+Heavy imports (pandas) happen inside the commands, so `opensora --help` and the other commands start without
+them.
+"""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import typer
 
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
+from opensora_core.config import ConfigError
+from opensora_core.data.cache import build_latent_cache
+from opensora_core.data.stages import caption_data, prepare_data
+from opensora_core.data.synthetic import Vocabulary, generate_synthetic
+from opensora_core.remote import dvc_sync
 
 
 def _print_stats(stats: dict, title: str) -> None:
@@ -50,10 +61,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Render captioned synthetic clips (H.264 mp4) of the preset's vocabulary (data.synthetic) and their
         manifest with ground-truth attributes."""
-        import time
-
-        from opensora_core.data.synthetic import Vocabulary, generate_synthetic
-
         cfg = load_cli_config(params, preset, overrides)
         d = cfg.data
         num, frames, size = num or d.num_videos, frames or d.video_frames, size or d.video_size
@@ -72,8 +79,6 @@ def register(app: typer.Typer) -> None:
     def stats(manifest: Path = typer.Argument(..., help="manifest CSV"),
               as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
         """Counts, duration and resolution histograms, caption length statistics of a manifest."""
-        import json
-
         from opensora_core.data.manifest import ManifestError, manifest_stats, read_manifest
 
         try:
@@ -136,7 +141,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Caption every clip (resumable) and assign the train/val split."""
         from opensora_core.data.caption import build_captioner, caption_manifest
-        from opensora_core.data.stages import caption_data
 
         cfg = load_cli_config(params, preset, overrides)
         if captioner is None and model is None and manifest_in is None and manifest_out is None:
@@ -157,10 +161,6 @@ def register(app: typer.Typer) -> None:
         preset: str = PresetOption,
     ) -> None:
         """Encode every clip (VAE) and caption (text encoder) of the manifest once, into safetensors shards."""
-        import json
-
-        from opensora_core.config import ConfigError
-        from opensora_core.data.cache import build_latent_cache
         from opensora_core.data.manifest import ManifestError
 
         cfg = load_cli_config(params, preset, overrides)
@@ -177,7 +177,6 @@ def register(app: typer.Typer) -> None:
         """The prepare stage: synthetic clips, an ingest of data.src or its captions CSV into the run's data/raw
         (idempotent)."""
         from opensora_core.data.manifest import ManifestError
-        from opensora_core.data.stages import prepare_data
 
         cfg = load_cli_config(params, preset, overrides)
         try:
@@ -186,8 +185,6 @@ def register(app: typer.Typer) -> None:
             fail(str(e))
 
     def _sync(command: str, remote: str | None, targets: list[str] | None) -> None:
-        from opensora_core.remote import dvc_sync
-
         typer.echo(dvc_sync(command, remote, targets).rstrip())
 
     @group.command("push")

@@ -2,15 +2,21 @@
 
 Exit status: 0 when every check passed (warnings allowed) and every stage fits; 1 when a check failed or a
 stage does not fit the GPU memory; 2 for bad input (unknown stage or engine, invalid parameters).
+
+Heavy imports (torch) happen inside the commands, so `opensora --help` and the other commands start without
+them.
 """
 
 from __future__ import annotations
 
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
+from opensora_core.doctor import memory, plan
 
 STATUS_STYLE = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "skip": "[dim]skip[/]", "fail": "[red]FAIL[/]"}
 
@@ -29,10 +35,6 @@ def _detected_gpu_memory_gib() -> float | None:
 
 def memory_rows(cfg, stages: list[str], gpus: int | None, engine: str | None, gpu_memory: float | None, shapes=None):
     """(rows of the memory table, any stage does not fit, predictions) for `stages`."""
-    from dataclasses import replace
-
-    from opensora_core.doctor import memory, plan
-
     budget = memory.usable_bytes(gpu_memory) if gpu_memory else None
     rows, too_big, predictions = [], False, []
     for stage in stages:
@@ -90,7 +92,6 @@ def register(app: typer.Typer) -> None:
             plan.memory_engine(cfg, engine)
         except ValueError as e:
             fail(f"--engine: {e}")
-        import sys
 
         # a terminal's own width; piped or captured output gets one line per row (greppable verdicts)
         console = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)

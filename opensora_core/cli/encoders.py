@@ -1,4 +1,8 @@
-"""`opensora vae train` and `opensora text-encoder init`: build the tiny preset's frozen encoders."""
+"""`opensora vae train` and `opensora text-encoder init`: build the tiny preset's frozen encoders.
+
+Heavy imports (torch) happen inside the commands, so `opensora --help` and the other commands start without
+them.
+"""
 
 from __future__ import annotations
 

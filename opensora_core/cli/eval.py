@@ -1,13 +1,21 @@
 """`opensora sample`, `opensora evaluate`, `opensora report`: videos from a checkpoint, the evaluate stage, the
-comparison report."""
+comparison report.
+
+Heavy imports (safetensors, torch) happen inside the commands, so `opensora --help` and the other commands
+start without them.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
+from opensora_core import project
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
+from opensora_core.eval import evaluate
+from opensora_core.eval.report import build_report
 
 
 def register(app: typer.Typer) -> None:
@@ -27,7 +35,6 @@ def register(app: typer.Typer) -> None:
 
         if not checkpoint.exists():
             fail(f"checkpoint {checkpoint} not found")
-        from opensora_core import project
 
         try:
             texts = read_prompts(project.bundled_or_project(Path.cwd(), prompts))
@@ -53,10 +60,6 @@ def register(app: typer.Typer) -> None:
         track: bool = typer.Option(True, "--track/--no-track", help="log to an MLflow run named `evaluate`"),
     ) -> None:
         """Metrics of every trained stage and the step-0 model on held-out prompts -> eval/metrics.json + MLflow."""
-        import json
-
-        from opensora_core.eval import evaluate
-
         cfg = load_cli_config(params, preset, overrides)
         try:
             metrics = evaluate(cfg, stages=stage or None, include_step0=step0, track=track)
@@ -76,8 +79,6 @@ def register(app: typer.Typer) -> None:
         track: bool = typer.Option(True, "--track/--no-track", help="log the report to MLflow"),
     ) -> None:
         """HTML report: loss curves of the chosen runs (fp16 vs bf16, lr, stages), metrics table, sample grids."""
-        from opensora_core.eval.report import build_report
-
         cfg = load_cli_config(params, preset, overrides)
         try:
             path = build_report(cfg, run_ids=runs or None, experiment=experiment, out_dir=out, track=track)

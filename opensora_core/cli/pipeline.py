@@ -1,6 +1,5 @@
-"""`opensora demo` (the main job) and `opensora pipeline ...`: stages, the Prefect flows, serving, status.
+"""`opensora pipeline ...`: stages, the Prefect flows, serving, status (`opensora demo` is in demo.py).
 
-    opensora demo [--force]                       whole tiny pipeline through the Prefect flow, then where to look
     opensora pipeline run [--stage S ...] [--dtype bf16] [--lr 2e-5] [--processes 2] [key=value ...]
     opensora pipeline stage <id> [--force] [--lock-timeout S] [key=value ...]   one stage (what dvc.yaml runs)
     opensora pipeline status                      which stages are up to date
@@ -8,18 +7,27 @@
     opensora pipeline server                      local Prefect server on 127.0.0.1 (SQLite under .prefect/)
     opensora pipeline serve                       serve the deployments (progressive-training/tiny, ...)
     opensora pipeline pool gpu | deploy --pool gpu | worker --pool gpu     the work-pool route (flows/pool.py)
+
+The flows are imported inside the commands: importing flows configures Prefect's project-local state, and `opensora
+--help` must neither write it nor pay for prefect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import sys
-import time
+import threading
 from pathlib import Path
 
 import typer
 
+from opensora_core import pipeline, project, tracking
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
+from opensora_core.locks import TIMEOUT_ENV
+from opensora_core.pipeline import Params, run_stage
 
 # the Prefect server the serving, deployment and worker commands talk to (one declaration, spelled the same)
 ApiUrlOption = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PREFECT_API_URL")
@@ -27,8 +35,6 @@ ApiUrlOption = typer.Option("http://127.0.0.1:4200/api", "--api-url", envvar="PR
 
 def _exec_prefect(*args: str) -> None:
     """Replace this process with the venv's `prefect` command (signals then reach Prefect directly)."""
-    import os
-
     exe = str(Path(sys.executable).parent / "prefect")
     os.execv(exe, [exe, *args])
 
@@ -36,9 +42,7 @@ def _exec_prefect(*args: str) -> None:
 pipeline_app = typer.Typer(help="Run the pipeline: stages, Prefect flows, deployments.", no_args_is_help=True)
 
 
-def _params(params: Path | None, preset: str | None, overrides: list[str] | None):
-    from opensora_core.pipeline import Params
-
+def cli_params(params: Path | None, preset: str | None, overrides: list[str] | None):
     load_cli_config(params, preset, overrides)  # validate first: exit code 2 with the field named
     return Params(str(params) if params else None, preset, tuple(overrides or []))
 
@@ -49,18 +53,11 @@ LockTimeoutOption = typer.Option(
 
 
 def _set_lock_timeout(seconds: float | None) -> None:
-    import os
-
-    from opensora_core.locks import TIMEOUT_ENV
-
     if seconds is not None:  # through the environment, so the stage subprocesses (DVC, Prefect tasks) see it too
         os.environ[TIMEOUT_ENV] = str(seconds)
 
 
 def _quiet_prefect() -> None:
-    import logging
-    import os
-
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     for name in ("alembic", "httpx", "httpcore"):  # per-request lines of Prefect's API client drown the progress
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -77,10 +74,8 @@ def stage_cmd(
     preset: str = PresetOption,
 ) -> None:
     """Run one stage (idempotent: skips when up to date). dvc.yaml's stages call this."""
-    from opensora_core.pipeline import run_stage
-
     _set_lock_timeout(lock_timeout)
-    p = _params(params, preset, overrides)
+    p = cli_params(params, preset, overrides)
     try:
         result = run_stage(stage_id, p, force=force, track=not no_track)
     except (ValueError, FileNotFoundError) as e:
@@ -94,8 +89,6 @@ def stage_cmd(
 @pipeline_app.command("status")
 def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOption, preset: str = PresetOption) -> None:
     """Each stage: up to date or not (from the stage records; `dvc status` says the same for DVC runs)."""
-    from opensora_core import pipeline
-
     cfg = load_cli_config(params, preset, overrides)
     for sid in pipeline.stage_ids(cfg):
         rec = pipeline.read_record(cfg, sid) or {}
@@ -106,21 +99,15 @@ def status_cmd(overrides: list[str] = OverridesArgument, params: Path = ParamsOp
 
 
 def _prepare_tracking(params) -> None:
-    import contextlib
-
-    from opensora_core import tracking
-
     with contextlib.suppress(Exception):
         tracking.configure(params.load())
 
 
 def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
-    import threading
-
     _quiet_prefect()
-    # MLflow's import and a new project's database (~10 s on 2 busy cores) overlap the temporary Prefect server's
-    # start (~15-30 s, mostly in its own process); an error here shows again, reported, when the flow opens its run
+    # MLflow's import and a new project's database (slow on busy cores) overlap the temporary Prefect server's
+    # start (mostly in its own process); an error here shows again, reported, when the flow opens its run
     tracking_ready = threading.Thread(target=_prepare_tracking, args=(params,), daemon=True)
     tracking_ready.start()
     from flows.progressive_training import progressive_training
@@ -152,9 +139,9 @@ def run_cmd(
     """Run the progressive-training Prefect flow locally."""
     _set_lock_timeout(lock_timeout)
     extra = [f"train.dtype={dtype}"] * bool(dtype) + [f"train.lr={lr}"] * bool(lr) + [f"train.processes={processes}"] * bool(processes)
-    p = _params(params, preset, list(overrides or []) + extra)
+    p = cli_params(params, preset, list(overrides or []) + extra)
     rows = run_flow(p, stage, force, retries, dvc, nodes)
-    _print_rows(rows)
+    print_rows(rows)
 
 
 @pipeline_app.command("compare")
@@ -171,20 +158,18 @@ def compare_cmd(
     from flows.comparison import lr_comparison, precision_comparison
     from flows.run_lifetime import bind_temporary_api
 
-    p = _params(params, preset, overrides)
+    p = cli_params(params, preset, overrides)
     fn = {"precision": precision_comparison, "lr": lr_comparison}.get(what)
     if fn is None:
         fail("compare precision | lr")
     bind_temporary_api()
     rows = fn(stage=stage, steps=steps, preset=p.preset, overrides=list(p.overrides), params_path=p.path)
-    _print_rows(rows)
+    print_rows(rows)
 
 
 @pipeline_app.command("server")
 def server_cmd(port: int = typer.Option(4200, "--port")) -> None:
     """Start a local Prefect server on 127.0.0.1 (state: SQLite under .prefect/). Then `make serve`."""
-    import os
-
     from flows.prefect_env import configure_prefect_env
 
     configure_prefect_env()  # project-local PREFECT_HOME and SQLite database
@@ -199,8 +184,6 @@ def serve_cmd(
     name: str = typer.Option("tiny", "--name", help="deployment name: progressive-training/<name>"),
 ) -> None:
     """Serve the flows as deployments against a Prefect server; then `prefect deployment run progressive-training/tiny`."""
-    import os
-
     os.environ["PREFECT_API_URL"] = api_url
     _quiet_prefect()
     from flows.serve import serve_all
@@ -214,8 +197,6 @@ def pool_cmd(
     api_url: str = ApiUrlOption,
 ) -> None:
     """Create a `process` work pool on the Prefect server (idempotent). Then `opensora pipeline deploy --pool NAME`."""
-    import os
-
     os.environ["PREFECT_API_URL"] = api_url
     _quiet_prefect()
     from flows.pool import create_process_pool
@@ -231,10 +212,6 @@ def deploy_cmd(
     api_url: str = ApiUrlOption,
 ) -> None:
     """Deploy progressive-training/<name> and the comparison flows to a work pool, from this project."""
-    import os
-
-    from opensora_core import project
-
     root = project.find_root()
     if root is None:
         fail(project.NOT_FOUND)
@@ -255,14 +232,12 @@ def worker_cmd(
     api_url: str = ApiUrlOption,
 ) -> None:
     """Start a Prefect worker for the pool on this machine (each flow run in a subprocess, in the project)."""
-    import os
-
     os.environ["PREFECT_API_URL"] = api_url
     typer.echo(f"prefect worker for pool {pool!r} at {api_url}")
     _exec_prefect("worker", "start", "--pool", pool, "--type", "process")
 
 
-def _print_rows(rows) -> None:
+def print_rows(rows) -> None:
     for r in rows or []:
         m = r.get("metrics") or {}
         loss = m.get("final_loss")
@@ -270,39 +245,5 @@ def _print_rows(rows) -> None:
                    + (f"  final loss {loss:.4f}" if loss is not None else ""))
 
 
-def demo_cmd(
-    force: bool = typer.Option(False, "--force", help="rerun every stage even if up to date"),
-    params: Path = ParamsOption,
-    preset: str = PresetOption,
-    overrides: list[str] = OverridesArgument,
-) -> None:
-    """The main job: the whole tiny pipeline on CPU through the Prefect flow, then where to look."""
-    from opensora_core import pipeline
-
-    t0 = time.time()
-    p = _params(params, preset, overrides)
-    cfg = p.load()
-    typer.secho(f"opensora demo: preset {cfg.preset}, {len(pipeline.stage_ids(cfg))} stages, run dir {cfg.root}", bold=True)
-    rows = run_flow(p, None, force, 1, None)
-    wall = time.time() - t0
-    _print_rows(rows)
-    task_s = sum(r.get("seconds", 0) for r in rows)
-    body_s = sum(r.get("stage_seconds", 0) for r in rows)
-    final_samples = cfg.paths.eval_dir / "samples" / cfg.stage_names()[-1]  # the final model's videos first
-    samples = sorted(final_samples.glob("*.mp4"))[:4] or (sorted(cfg.paths.eval_dir.rglob("*.mp4"))[:4]
-                                                          if cfg.paths.eval_dir.exists() else [])
-    typer.secho(f"\ndone in {wall:.0f} s: {body_s:.0f} s in the stages' own work, {task_s - body_s:.0f} s starting stage "
-                f"processes + DVC + MLflow, {wall - task_s:.0f} s in Prefect (flow, tasks, temporary API). Where to look:", bold=True)
-    from opensora_core.tracking import experiment_url
-
-    typer.echo(f"  MLflow UI:       make mlflow-ui   ->  {experiment_url(cfg)}  (parent run 'progressive-training-...')")
-    typer.echo(f"  metrics:         .venv/bin/dvc metrics show   ({cfg.paths.metrics})")
-    typer.echo(f"  sample videos:   {cfg.paths.eval_dir}" + "".join(f"\n                   {s}" for s in samples))
-    typer.echo(f"  loss curves:     .venv/bin/dvc plots show   ({cfg.paths.ckpt_dir('*')}/train_log.csv)")
-    typer.echo("  Prefect runs:    .venv/bin/opensora pipeline server  (UI at http://127.0.0.1:4200)")
-    typer.echo("  rerun:           make demo (reuses what is up to date; --force retrains)")
-
-
 def register(app: typer.Typer) -> None:
     app.add_typer(pipeline_app, name="pipeline")
-    app.command("demo")(demo_cmd)

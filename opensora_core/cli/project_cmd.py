@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from opensora_core.cli.common import fail
+from opensora_core.project import PRESETS, InitConflict, init_project
 
 
 def register(app: typer.Typer) -> None:
@@ -16,8 +17,6 @@ def register(app: typer.Typer) -> None:
         preset: str = typer.Option("tiny", "--preset", help="tiny (CPU, minutes) | opensora-1.0 (GPU clusters)"),
     ) -> None:
         """Write params.yaml (both presets), dvc.yaml, .gitignore, .dvcignore; git init and dvc init if needed."""
-        from opensora_core.project import PRESETS, InitConflict, init_project
-
         if preset not in PRESETS:
             fail(f"--preset: unknown preset {preset!r} (have {', '.join(PRESETS)})")
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from opensora_core.cli.common import fail
+from opensora_core.tracking import send_pending
 
 
 def register(app: typer.Typer) -> None:
@@ -18,8 +19,6 @@ def register(app: typer.Typer) -> None:
         uri: str = typer.Option(None, "--uri", help="tracking URI (default: the one the job used)"),
     ) -> None:
         """Send the metrics, tags and final status a job kept while the tracking server was down."""
-        from opensora_core.tracking import send_pending
-
         if not pending.is_file():
             fail(f"no such file: {pending}")
         try:

@@ -1,8 +1,13 @@
 """`opensora train --stage S [key=value ...]` (one stage, one process or under torchrun) and
-`opensora launch --nproc N [--nnodes M --rdzv-endpoint HOST:PORT --node-rank R] -- train --stage S ...`."""
+`opensora launch --nproc N [--nnodes M --rdzv-endpoint HOST:PORT --node-rank R] -- train --stage S ...`.
+
+Heavy imports (pandas, safetensors, torch) happen inside the commands, so `opensora --help` and the other
+commands start without them.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -10,6 +15,7 @@ from pathlib import Path
 import typer
 
 from opensora_core.cli.common import OverridesArgument, ParamsOption, PresetOption, fail, load_cli_config
+from opensora_core.train.launcher import launch
 
 EXIT_NONFINITE = 3
 EXIT_CHECKPOINT = 4  # no checkpoint to resume from can be trusted, or the disk filled up while writing one
@@ -28,9 +34,6 @@ def register(app: typer.Typer) -> None:
         """Train one stage (resumes from its latest checkpoint). Run it under torchrun / `opensora launch`
         for several processes; exits 3 when the NaN guard aborts, 4 when no checkpoint can be trusted or the
         disk fills up while writing one, 143 on SIGTERM."""
-        import logging
-        import os
-
         cfg = load_cli_config(params, preset, overrides)
         try:
             cfg.stage(stage)
@@ -39,11 +42,9 @@ def register(app: typer.Typer) -> None:
         rank = os.environ.get("RANK", "0")
         logging.basicConfig(level=logging.INFO, force=True, datefmt="%H:%M:%S", stream=_Stderr(),
                             format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-        from opensora_core.checkpoint import CheckpointError
+        from opensora_core.checkpoint import CheckpointError, EngineMismatchError
         from opensora_core.eval.watch import TrainingWatcher
         from opensora_core.train.loop import NonFiniteLossError, Terminated, train_stage
-
-        from opensora_core.checkpoint import EngineMismatchError
 
         try:
             summary = train_stage(cfg, stage, track=not no_track, watcher=TrainingWatcher.for_stage)
@@ -76,8 +77,6 @@ def register(app: typer.Typer) -> None:
                                            help="seconds to wait for every node (default OPENSORA_RDZV_TIMEOUT_S or 300)"),
     ) -> None:
         """Run `opensora <args after -->` under torchrun with rank-prefixed output; exits with the job's status."""
-        from opensora_core.train.launcher import launch
-
         args = [a for a in ctx.args if a != "--"]
         if not args:
             fail("give the command after --, e.g. opensora launch --nproc 2 -- train --stage pretrain_256")

@@ -63,7 +63,7 @@ class VAEConfig(_Strict):
     train_batch_size: int = Field(0, ge=0)
     train_lr: float = Field(0.0, ge=0)
     train_decay_at_psnr: float = Field(27.0, gt=0, description="dB of the training frames at which the tiny VAE's "
-                                       "lr starts to decay (encoders.vae_train._LrSchedule)")
+                                       "lr starts to decay (encoders.vae_schedule.StableDecaySchedule)")
 
 
 class TextEncoderConfig(_Strict):

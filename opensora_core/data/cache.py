@@ -6,6 +6,9 @@ Layout of `cfg.paths.cache_dir(stage)`:
                                   index [n] int64 (the clip's row in the manifest)
 Written into a sibling temp dir and renamed, so a crash never leaves a half cache; rebuilt only when the
 fingerprint (manifest bytes, stage frames/stride/size, encoder identity) changes.
+
+Heavy or optional imports (pandas, safetensors, torch) happen inside the functions that need
+them, so importing this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
+
+from opensora_core.remote import remote_operation
 
 log = logging.getLogger(__name__)
 SHARD_SIZE = 256
@@ -54,11 +61,9 @@ def build_latent_cache(cfg, stage: str, vae=None, text_encoder=None, manifest: s
     Skips the work (returns at once) when the existing cache has the same fingerprint, unless `force`.
     """
     from safetensors.torch import save_file
-    from tqdm import tqdm
 
     from opensora_core.data.dataset import VideoDataset
     from opensora_core.data.manifest import read_manifest, reject_records
-    from opensora_core.remote import remote_operation
 
     st = cfg.stage(stage)
     manifest = Path(manifest or cfg.paths.manifest)

@@ -7,6 +7,8 @@ Captioners take a batch of manifest rows (dicts) and return one caption per row:
 
 `caption_manifest` appends each finished batch to a jsonl checkpoint next to the output, so an interrupted run
 resumes without redoing finished clips; the output manifest gets the captions and a stable train/val split.
+
+The LLaVA captioner (transformers, an optional model) is imported only when data.captioner asks for it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
+from tqdm import tqdm
 
+from opensora_core.data.manifest import assign_split, read_manifest, write_manifest
 from opensora_core.io import read_jsonl
+from opensora_core.remote import remote_operation
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +87,6 @@ def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captione
                      batch_size: int = 8, progress: bool = True) -> Path:
     """Caption every clip of `manifest_in` and write `manifest_out` (text + split). Resumable: finished batches are
     in `<manifest_out>.captions.jsonl`, which is read first and removed once the manifest is written."""
-    from tqdm import tqdm
-
-    from opensora_core.data.manifest import assign_split, read_manifest, write_manifest
-    from opensora_core.remote import remote_operation
-
     df = read_manifest(manifest_in, reject_bad_rows=True)  # a bad row is dropped with a warning, not the whole run
     out = Path(manifest_out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """LLaVA captioner: a LLaVA-family VLM (transformers) describes each clip from 3 frames (first, middle, last),
-as Open-Sora 1.0 captioned its data. Batched; on the GPU when there is one."""
+as Open-Sora 1.0 captioned its data. Batched; on the GPU when there is one.
+
+Heavy or optional imports (PIL, pandas, torch, transformers) happen inside the functions that need them, so
+importing this module (the CLI, the stage processes, the Dask workers do) does not load them.
+"""
 
 from __future__ import annotations
 

@@ -11,10 +11,14 @@ Any other column is carried into the manifest as it is.
 
 A CSV without a `path` or `text` column, or with an empty path or caption, is refused as a whole (ManifestError
 naming the column or the row), before anything is probed or written.
+
+Heavy or optional imports (fsspec) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import posixpath
@@ -22,7 +26,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from opensora_core.data.ingest import clip_rows, probe_files, publish, s3_filesystem
 from opensora_core.data.manifest import ManifestError, is_remote
+from opensora_core.remote import remote_operation
 
 log = logging.getLogger(__name__)
 REQUIRED = ("path", "text")
@@ -32,8 +38,6 @@ OPEN_SORA_OPTIONAL = ("num_frames", "fps", "height", "width")
 def _read_text(src: str) -> str:
     if is_remote(src):
         import fsspec
-
-        from opensora_core.remote import remote_operation
 
         with remote_operation("ingest", f"reading {src}"):
             with fsspec.open(src, "rt") as f:
@@ -46,8 +50,6 @@ def _read_text(src: str) -> str:
 
 def csv_digest(src: str) -> str:
     """sha256 of the CSV's bytes (what the prepare stage's stamp records)."""
-    import hashlib
-
     return hashlib.sha256(_read_text(src).encode()).hexdigest()
 
 
@@ -96,9 +98,6 @@ def ingest_csv(src: str | Path, out: str | Path, min_duration: float = 0.5, max_
                scene_split: bool = False, progress: bool = True) -> dict:
     """Probe the clips of captions CSV `src` into out/manifest.csv (captions kept) and out/rejects.csv; returns
     counts like ingest(). Resumable through out/ingest_progress.jsonl."""
-    from opensora_core.data.ingest import clip_rows, probe_files, publish, s3_filesystem
-    from opensora_core.remote import remote_operation
-
     src = str(src)
     table = read_captions_csv(src)
     out = Path(out)

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from opensora_core.data.cache import default_encoder_key, encode_shard
+
 CHUNKS_PER_WORKER = 4  # data.dask_chunks_per_worker's default
 # from_pretrained (meta-device init) is not thread-safe: one model load at a time per worker process, encoders and
 # captioners alike
@@ -58,7 +60,6 @@ def encode_chunk(params, stage: str, manifest: str, pieces: list[tuple[str | Non
     import torch
     from safetensors.torch import save_file
 
-    from opensora_core.data.cache import encode_shard
     from opensora_core.data.dataset import VideoDataset
 
     st = params.load().stage(stage)
@@ -84,8 +85,6 @@ def encode_chunk(params, stage: str, manifest: str, pieces: list[tuple[str | Non
 def encoders(params):
     """The config's VAE and text encoder, loaded once per worker process (shared by its threads: eval, no_grad)
     and again only when their weights change (a long-lived cluster outlives a retrained tiny VAE)."""
-    from opensora_core.data.cache import default_encoder_key
-
     with LOAD_LOCK:
         return _encoders(params, default_encoder_key(params.load()))
 

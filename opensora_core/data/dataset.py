@@ -1,5 +1,9 @@
 """Training data from a manifest: PyAV decoding, frame-stride temporal sampling, resize + centre crop; and a
-distributed sampler that resumes exactly where a killed job stopped."""
+distributed sampler that resumes exactly where a killed job stopped.
+
+Heavy or optional imports (PIL, av, fsspec, torch) happen inside the functions that need them, so importing this
+module (the CLI, the stage processes, the Dask workers do) does not load them.
+"""
 
 from __future__ import annotations
 

@@ -17,12 +17,16 @@ honoured); nothing about them is logged. An unreachable endpoint or refused cred
 run stops with a one-line RemoteError (opensora_core.remote) after recording the files it finished, and
 manifest.csv / rejects.csv are only written (atomically) once every file is done, so a failed run never
 publishes a manifest that lacks files or names files that are not there.
+
+Heavy or optional imports (av, s3fs) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -30,8 +34,11 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
+from tqdm import tqdm
 
+from opensora_core.data.manifest import write_manifest
 from opensora_core.io import atomic_write, read_jsonl
+from opensora_core.remote import RemoteError, as_remote_error, remote_operation
 
 log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
@@ -47,8 +54,6 @@ def s3_filesystem():
 
 def list_videos(src: str | Path) -> list[str]:
     """Video files under a local folder or s3:// prefix, sorted (s3 paths as s3://bucket/key)."""
-    from opensora_core.remote import remote_operation
-
     src = str(src)
     if src.startswith("s3://"):
         with remote_operation("ingest", f"listing {src}"):
@@ -68,8 +73,6 @@ def _read_bytes(path: str, fs=None) -> bytes:
 
 def probe_bytes(data: bytes) -> dict:
     """Duration, fps, resolution, codec and frame count of an in-memory video file; raises on unreadable data."""
-    import io
-
     import av
 
     with av.open(io.BytesIO(data)) as c:
@@ -85,10 +88,7 @@ def probe_bytes(data: bytes) -> dict:
 def process_file(path: str, fs=None, threshold: float = 30.0, scene_split: bool = True) -> dict:
     """One file -> {"path", "status": ok, "sha256", probe fields, "scenes": [[start, end], ...]} or a reject record.
     Without `scene_split` the whole file is one scene. Raises RemoteError when S3 fails (not the file's fault)."""
-    import io
-
     from opensora_core.data.scenes import detect_scenes
-    from opensora_core.remote import as_remote_error
 
     try:
         data = _read_bytes(path, fs)
@@ -147,10 +147,6 @@ def probe_files(files: list[str], out: Path, fs=None, threshold: float = 30.0, s
     """Probe every file (in parallel), resuming from out/ingest_progress.jsonl; returns ({path: record}, number
     processed this run). A RemoteError stops the run: what finished is recorded first, the rest is left for
     the rerun; nothing is published."""
-    from tqdm import tqdm
-
-    from opensora_core.remote import RemoteError
-
     progress_file = out / PROGRESS
     done = resumable_records(progress_file, scene_split)
     wanted = set(files)
@@ -200,8 +196,6 @@ def clip_rows(rec: dict, text: str, min_duration: float, max_duration: float, mi
 
 def publish(out: Path, rows: list[dict], rejects: list[dict]) -> None:
     """Write rejects.csv then manifest.csv, each to a temp file renamed into place (the manifest last)."""
-    from opensora_core.data.manifest import write_manifest
-
     atomic_write(out / "rejects.csv", pd.DataFrame(rejects, columns=["path", "reason"]).to_csv(index=False))
     if rows:
         write_manifest(pd.DataFrame(rows), out / "manifest.csv")
@@ -214,8 +208,6 @@ def ingest(src: str | Path, out: str | Path, min_duration: float = 0.5, max_dura
            min_resolution: int = 0, max_aspect: float = 3.0, workers: int = 2, threshold: float = 30.0,
            progress: bool = True, process=process_file, scene_split: bool = True) -> dict:
     """Ingest `src` into out/manifest.csv and out/rejects.csv; returns counts. Resumable (out/ingest_progress.jsonl)."""
-    from opensora_core.remote import remote_operation
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = list_videos(src)

@@ -5,6 +5,9 @@ split when encoding online). Their identity is the rows' (path relative to the m
 sha256 when the ingest hashed the file, caption), in training order; its digest changes when any clip, cut or
 caption does. The stage's checkpoint folder holds the full list (`dataset.csv`); every meta.json and the MLflow
 run carry the digest, the source and the count, so a checkpoint answers "what trained this?" without the run.
+
+Heavy or optional imports (mlflow) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from opensora_core.data.cache import INDEX
+from opensora_core.data.manifest import ManifestError, read_manifest
 from opensora_core.io import atomic_write
 
 CLIPS_FILE = "dataset.csv"
@@ -25,9 +30,6 @@ IDENTITY_COLUMNS = ("path", "start", "end", "sha256", "text")
 
 def training_clips(cfg, stage: str) -> pd.DataFrame:
     """The manifest rows `stage` trains on, with the identity columns present in the manifest."""
-    from opensora_core.data.cache import INDEX
-    from opensora_core.data.manifest import ManifestError, read_manifest
-
     manifest = cfg.paths.manifest
     index = cfg.paths.cache_dir(stage) / INDEX
     cached = cfg.train.use_latent_cache and index.is_file()

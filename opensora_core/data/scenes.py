@@ -4,6 +4,9 @@ Each frame is decoded with PyAV and scaled by swscale to a 64x36 grey thumbnail 
 does the work, the comparison touches 2304 pixels). A cut is declared where the mean absolute difference of
 consecutive thumbnails exceeds `threshold` (0-255 scale) *and* is `ratio` times the median of the recent
 differences, so fast but continuous motion (high but steady differences) is not mistaken for a cut.
+
+Heavy or optional imports (av) happen inside the functions that need them, so importing this module (the CLI, the
+stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

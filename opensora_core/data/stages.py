@@ -1,5 +1,9 @@
 """The data stages the pipeline calls: prepare -> caption -> cache. Each is idempotent: it records what it was
-made from (a small stamp file) and returns at once when that has not changed."""
+made from (a small stamp file) and returns at once when that has not changed.
+
+Heavy or optional imports (pandas) happen inside the functions that need them, so importing this module (the
+CLI, the stage processes, the Dask workers do) does not load them.
+"""
 
 from __future__ import annotations
 

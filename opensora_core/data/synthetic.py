@@ -10,19 +10,26 @@ colour and position back from pixels.
 Clips are written as real H.264 mp4 files (yuv420p, low CRF so colours survive) with PyAV, in parallel.
 Determinism: clip `i` of seed `k` is drawn from `numpy.random.default_rng([k, i])`, and x264 runs single-threaded,
 so the same (seed, index) always yields the same bytes.
+
+Heavy or optional imports (av, pandas) happen inside the functions that need them, so importing this module (the
+CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from opensora_core.vocabulary import (  # noqa: F401 - the vocabulary's names, where the renderer uses them
+    _MOTION_PHRASE,
     BACKGROUNDS,
     COLORS,
     FPS,
@@ -35,7 +42,6 @@ from opensora_core.vocabulary import (  # noqa: F401 - the vocabulary's names, w
     TRANSLATION_STARTS,
     TWO_OBJECT_FRACTION,
     Vocabulary,
-    _MOTION_PHRASE,
 )
 
 log = logging.getLogger(__name__)
@@ -219,8 +225,6 @@ def generate_synthetic(out: str | Path, num: int, frames: int, size: int, seed: 
     Atomic: everything is written to a sibling temp dir and renamed over `out`, so an interrupted run never leaves a
     manifest pointing at missing clips.
     """
-    import shutil
-
     from opensora_core.data.manifest import write_manifest
 
     if size % 2 or size < 16:
@@ -257,14 +261,10 @@ def generate_synthetic(out: str | Path, num: int, frames: int, size: int, seed: 
 
 
 def _torch_loaded() -> bool:
-    import sys
-
     return "torch" in sys.modules  # forking a process that holds torch's thread pools can hang: spawn then
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, desc="synthetic clips", unit="clip", disable=not enabled)
 
 

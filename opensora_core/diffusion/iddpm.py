@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .gaussian import GaussianDiffusion
 from .schedule import get_named_beta_schedule, respaced_betas, space_timesteps
@@ -106,8 +107,6 @@ class IDDPM(GaussianDiffusion):
         return self._loop(step, z, mask, progress, "DDIM sampling")
 
     def _loop(self, step: Callable, z: torch.Tensor, mask: torch.Tensor | None, progress: bool, desc: str):
-        from tqdm.auto import tqdm
-
         x = z
         keep = None if mask is None else mask.bool().to(z.device)[:, None, :, None, None]
         for i in tqdm(range(self.num_timesteps - 1, -1, -1), desc=desc, disable=not progress, leave=False):

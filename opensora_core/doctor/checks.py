@@ -3,6 +3,9 @@
 A check returns a `Check` whose status is ok, warn (works, but worth knowing), skip (not applicable or not
 checkable) or fail (a stage will break). Network checks use a ~3 s connect timeout and never print credentials:
 URLs are shown without their user-info part.
+
+Each check imports what it probes (torch, botocore, dvc, av) inside its function: a missing optional dependency
+fails that check, not the doctor.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from opensora_core.config import Config
+from opensora_core.tracking import resolve_uri, tracking_root
 
 CONNECT_TIMEOUT_S = 3.0
 CHECK_TIMEOUT_S = 30.0  # the whole of one check (dvc's start-up is the slowest part)
@@ -132,8 +136,6 @@ def check_disk(cfg: Config, needs) -> Check:
 
 
 def check_mlflow(cfg: Config) -> Check:
-    from opensora_core.tracking import resolve_uri, tracking_root
-
     uri = resolve_uri(cfg.tracking.uri, tracking_root(cfg))
     scheme = urlsplit(uri).scheme
     if scheme in ("http", "https"):

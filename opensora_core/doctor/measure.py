@@ -9,6 +9,9 @@ its value when the step began.
 The step is the training loop's (opensora_core.train.loop): IDDPM loss under autocast, gradients of the last step
 freed after the forward pass, backward, clip, AdamW, EMA update; one warm-up step first, so AdamW's states exist.
 Single process (no DDP buckets): the engine the prediction is compared with is `ddp` on one rank.
+
+Heavy or optional imports (opensora_core.train.engines) happen inside the functions that need them, so importing
+this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -18,8 +21,14 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from opensora_core.config import Config
+from opensora_core.diffusion.training import training_diffusion
+from opensora_core.models.stage import build_stage_model, latent_size
+from opensora_core.train.distributed import DistEnv
+from opensora_core.train.ema import EMA
+from opensora_core.train.precision import LossScaler, autocast
 
 
 def _unique_bytes(tensors) -> int:
@@ -37,8 +46,6 @@ def _unique_bytes(tensors) -> int:
 
 def _cpu_peak_during(fn) -> int:
     """Highest point of the CPU allocator's running total (bytes since the start) while `fn()` runs."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,12 +62,7 @@ def _cpu_peak_during(fn) -> int:
 
 def measure_step_peak(cfg: Config, stage: str, device: str = "cpu") -> int:
     """Peak bytes of one training step of `stage` (random latents and captions of the stage's shapes)."""
-    from opensora_core.train.ema import EMA
-    from opensora_core.train.distributed import DistEnv
     from opensora_core.train.engines import TorchEngine
-    from opensora_core.diffusion.training import training_diffusion
-    from opensora_core.models.stage import build_stage_model, latent_size
-    from opensora_core.train.precision import LossScaler, autocast
 
     torch.manual_seed(0)
     dev = torch.device(device)

@@ -1,6 +1,9 @@
 """What the config's stages will need: per-GPU memory workloads (opensora_core.doctor.memory) and disk.
 
 The model is built on the meta device to count its parameters (nothing is allocated, STDiT-XL/2 included).
+
+Heavy or optional imports (safetensors, torch) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from opensora_core import project
 from opensora_core.config import Config
 from opensora_core.doctor.memory import CONFIG_ENGINES, EncoderLoad, ModelShape, Workload
 
@@ -63,8 +67,6 @@ def _count_local_params(folder: Path) -> int | None:
 
 def encoder_params(cfg: Config, pretrained: str | None, tiny_folder: Path) -> int | None:
     """Parameters of an encoder: a local folder's safetensors, or the known released size; None when unknown."""
-    from opensora_core import project
-
     if pretrained is None:
         return _count_local_params(tiny_folder) if tiny_folder.is_dir() else None
     local = Path(project.resolve_local_or_id(cfg.project_dir, pretrained))

@@ -10,6 +10,7 @@ from opensora_core.config import Config
 from opensora_core.encoders.text import T5Encoder
 from opensora_core.encoders.tiny_text import create_tiny_text_encoder
 from opensora_core.encoders.vae import VideoAutoencoderKL
+from opensora_core.encoders.vae_train import train_tiny_vae
 
 
 def _missing_tiny(what: str, folder: Path, command: str) -> FileNotFoundError:
@@ -66,8 +67,6 @@ def build_text_encoder(cfg: Config, device: str = "cpu") -> T5Encoder:
 def train_configured_vae(cfg: Config, source: str | Path | None = None):
     """Train the tiny VAE with the preset's `vae.train_*` recipe on `source` (default: the prepared clips) into
     `cfg.paths.vae_dir`; the one call behind `opensora vae train` and the pipeline's encoders stage."""
-    from opensora_core.encoders.vae_train import train_tiny_vae
-
     v = cfg.vae
     return train_tiny_vae(
         source or cfg.paths.raw_manifest, cfg.paths.vae_dir, steps=v.train_steps, batch_size=v.train_batch_size,

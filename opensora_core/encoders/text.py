@@ -3,6 +3,9 @@
 Open-Sora 1.0 encodes captions with DeepFloyd/t5-v1_1-xxl's encoder, padded/truncated to 120 tokens, in fp32,
 frozen; the STDiT cross-attends to all N token embeddings with the attention mask. The tiny preset uses the same
 class with a frozen, randomly initialised tiny T5 (`opensora_core.encoders.tiny_text`).
+
+Heavy or optional imports (transformers) happen inside the functions that need them, so importing this module (the
+CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ encoder gives that (as a random projection) without any download. Why a word-lev
 synthetic captions ("a red circle moves left on a blue background") is one token with its own embedding, so
 captions that differ in one word differ in one whole token, and captions fit in 48 tokens. Words outside the
 list fall back to WordPiece character pieces (still distinct sequences, never a lossy <unk>).
+
+Heavy or optional imports (tokenizers, transformers) happen inside the functions that need them, so importing this
+module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Open-Sora 1.0 encodes videos with the image VAE `stabilityai/sd-vae-ft-ema` frame by frame (T folded into
 the batch) and multiplies latents by the SD scaling factor 0.18215 (Open-Sora v1.0 `VideoAutoencoderKL`).
 The tiny preset uses the same class with a small AutoencoderKL trained by `opensora vae train`.
+
+Heavy or optional imports (diffusers) happen inside the functions that need them, so importing this module (the
+CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

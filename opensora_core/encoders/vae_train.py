@@ -1,22 +1,18 @@
-"""Train the tiny preset's AutoencoderKL on frames of the synthetic videos (CPU, about a minute).
+"""Train the tiny preset's AutoencoderKL on frames of the synthetic videos (CPU).
 
 The tiny preset cannot download sd-vae-ft-ema, so the project trains a small AutoencoderKL of the same
 architecture family (downsample 4, 4 latent channels) on its own frames: reconstruction loss (L1 + MSE) plus a
 small KL term, random crops, Adam at a constant lr until the training frames reach a PSNR level, then a short
-cosine decay (`_LrSchedule`). After training the latent scale is calibrated so that
+cosine decay (`StableDecaySchedule`). After training the latent scale is calibrated so that
 `latent * 0.18215` has unit standard deviation, as Stable Diffusion's factor does for sd-vae (see
 `calibrate_latent_scale`), so the diffusion model sees latents of the scale it expects.
 
-Measured on the tiny preset's 32 px clips (600 x 32 frames, 4 frames each), 2 threads, held-out PSNR: with a
-fixed 1400-step cosine 29.9-31.0 dB over 4 seeds on an AMD EPYC host but 25.7 dB on a Sapphire Rapids one (the
-plateau before the jump lasts a CPU-dependent number of steps); holding the lr until 27 dB, then 400 decay
-steps, gradients clipped to norm 1 (the recipe): 31.7-33.3 dB in 1200-1700 steps over 4 seeds, 1 thread and
-torch's unvectorised kernels (ATEN_CPU_CAPABILITY=default). Earlier, on
-64 px frames (150 clips x 16 frames): 28.57 dB after 2400 steps, 152 CPU-s. At a ~50-80 CPU-s budget none of these
-beat it: widths (16,32,32) (2x the step cost, 18.6 dB at 550 steps), norm groups 1 or 4, lr 1e-3 or 1e-2 with
-warmup, a smaller initial posterior std or deterministic latents, full 64x64 frames (17.7 dB at 1200 steps, bs 4),
-16x16 crops (17 dB held-out though the training loss falls: GroupNorm statistics of small crops do not match
-those of full frames). A mean-pool-by-4 + bilinear baseline already gives 27.9 dB on these frames.
+The recipe (hold the lr until a PSNR level, then a short decay, gradients clipped to norm 1) was chosen over a
+fixed cosine, wider networks, other norm groups, other lrs, deterministic latents, full frames and smaller crops
+(GroupNorm statistics of small crops do not match those of full frames); the measurements are in docs/results.md.
+
+Heavy or optional imports (av, diffusers, pandas) happen inside the functions that need them, so importing
+this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -30,8 +26,10 @@ from typing import Iterable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from opensora_core.encoders.vae import SD_SCALING_FACTOR
+from opensora_core.encoders.vae_schedule import StableDecaySchedule
 from opensora_core.encoders.weights import write_atomically
 
 log = logging.getLogger(__name__)
@@ -189,6 +187,8 @@ class VAETrainResult:
 
 
 VAE_THREADS = 2
+# the schedule's former name (tests/encoders/test_vae_train.py imports it)
+_LrSchedule = StableDecaySchedule
 
 
 def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tensor, torch.Tensor], out_dir: str | Path,
@@ -204,7 +204,7 @@ def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tenso
             frame tensors `[N, 3, H, W]` in [-1, 1].
         steps, batch_size, lr: optimisation (Adam), at most `steps` steps: `lr` held until the training frames'
             PSNR reaches `decay_at_psnr` dB (checked every 100 steps), then `decay_steps` of cosine decay to 10%
-            of `lr` (warmup-stable-decay, see `_LrSchedule`); gradients clipped to norm 1.
+            of `lr` (warmup-stable-decay, see `StableDecaySchedule`); gradients clipped to norm 1.
         crop: training crop size; the network is fully convolutional, so it encodes full frames afterwards.
         frame_size: frames are center-cropped and resized to this side when read from videos (None: as stored).
         kl_weight: weight of the per-element KL term (keeps the posterior a proper Gaussian, latents bounded).
@@ -217,62 +217,25 @@ def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tenso
     else:
         train, val = load_frame_split(resolve_videos(source), val_fraction=val_fraction, size=frame_size)
     # Exactly 2 intra-op threads, whatever the machine or OMP_NUM_THREADS says: the thread count changes the
-    # float rounding of the convolutions' reductions, which changes every weight of the result (the earlier
-    # fixed-cosine recipe even measured 22.6 dB held-out with 1 thread against 29.4 dB with 2), so the encoders
-    # stage must not depend on it. 2 also pays: these convolutions are too small to split further, and on an idle 2-core
-    # machine 2 threads ran 150 steps in 6.8 s against 12.3 s for 1. Restored on exit.
+    # float rounding of the convolutions' reductions, which changes every weight of the result, so the encoders
+    # stage must not depend on it. 2 also pays: these convolutions are too small to split further, and 2 threads
+    # run faster than 1 on a 2-core machine. Restored on exit.
     threads = torch.get_num_threads()
     torch.set_num_threads(VAE_THREADS)
     try:
-        schedule = _LrSchedule(steps, decay_at_psnr, min(decay_steps, steps // 2))
+        schedule = StableDecaySchedule(steps, decay_at_psnr, min(decay_steps, steps // 2))
         return _train(train, val, out_dir, t0, schedule, batch_size, lr, seed, latent_channels, downsample, width,
                       crop, kl_weight, progress)
     finally:
         torch.set_num_threads(threads)
 
 
-class _LrSchedule:
-    """Stable, then decay (warmup-stable-decay without the warmup): the lr factor is 1 until the decay starts,
-    then a cosine to 0.1.
-
-    Why not a fixed cosine: this recipe sits on a plateau (~18-23 dB) for a number of steps that depends on the
-    CPU's float rounding, then climbs. With a fixed 1400-step cosine one host reached 29.9 dB held-out and
-    another 25.7 (the lr had decayed before it left the plateau). Holding the lr until the training frames
-    reach `decay_at_psnr` waits for the climb wherever it comes (800-1300 steps in the runs measured); the decay
-    then adds 3-6 dB. The decay starts at `steps - decay_steps` at the latest, so a run never exceeds `steps`.
-    """
-
-    def __init__(self, steps: int, decay_at_psnr: float, decay_steps: int):
-        self.steps, self.decay_at_psnr, self.decay_steps = steps, decay_at_psnr, decay_steps
-        self.decay_from: int | None = None if decay_steps < steps else 0
-        self.reached = False  # the decay started because the PSNR reached decay_at_psnr (not the budget)
-
-    def factor(self, step: int) -> float:
-        if self.decay_from is None:
-            return 1.0
-        p = min(1.0, (step - self.decay_from) / max(1, self.decay_steps))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
-
-    def observe(self, step: int, psnr_db: float | None) -> None:
-        """After `step` steps: start the decay once the PSNR reached the level, or when the budget says so."""
-        if self.decay_from is not None:
-            return
-        self.reached = psnr_db is not None and psnr_db >= self.decay_at_psnr
-        if self.reached or step >= self.steps - self.decay_steps:
-            self.decay_from = step
-
-    def done(self, step: int) -> bool:
-        return step >= self.steps or (self.decay_from is not None and step >= self.decay_from + self.decay_steps)
-
-
-CHECK_EVERY = 100  # steps between PSNR checks of the stable phase (256 frames: ~0.1 s)
+CHECK_EVERY = 100  # steps between PSNR checks of the stable phase (on 256 frames: cheap next to 100 steps)
 GRAD_CLIP = 1.0    # max global gradient norm
 
 
-def _train(train, val, out_dir, t0, schedule: _LrSchedule, batch_size, lr, seed, latent_channels, downsample, width,
+def _train(train, val, out_dir, t0, schedule: StableDecaySchedule, batch_size, lr, seed, latent_channels, downsample, width,
            crop, kl_weight, progress) -> VAETrainResult:
-    from tqdm import tqdm
-
     g = torch.Generator().manual_seed(seed)
     vae = tiny_autoencoder(latent_channels, downsample, width, seed).train()
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
@@ -289,8 +252,7 @@ def _train(train, val, out_dir, t0, schedule: _LrSchedule, batch_size, lr, seed,
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        # at the held lr the plateau's loss spikes otherwise undo hundreds of steps (one seed fell from 26.5 to
-        # 21.2 dB and ended at 29.0; clipped: 31.8)
+        # at the held lr the plateau's loss spikes otherwise undo hundreds of steps
         torch.nn.utils.clip_grad_norm_(vae.parameters(), GRAD_CLIP)
         opt.step()
         step += 1

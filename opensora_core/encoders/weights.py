@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -60,10 +63,6 @@ def load_pretrained(loader: Callable[[str], T], id_or_path: str | Path, what: st
 def write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
     """Run `write(tmp)` into a temporary sibling folder, then rename it to `out_dir` (replacing an old one), so a
     crash never leaves a half-written model where loaders look for one."""
-    import os
-    import shutil
-    import tempfile
-
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

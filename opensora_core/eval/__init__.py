@@ -1,5 +1,9 @@
 """Evaluation: metrics read back from pixels (metrics), held-out diffusion loss (heldout), sampling (sample),
-held-out prompts (prompts), the evaluate stage (evaluation) and the comparison report (report)."""
+held-out prompts (prompts), the evaluate stage (evaluation) and the comparison report (report).
+
+The stage functions import evaluation (torch) and report (matplotlib, mlflow) when called, so importing
+opensora_core.eval stays light for the CLI and the pipeline.
+"""
 
 from __future__ import annotations
 

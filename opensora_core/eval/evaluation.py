@@ -9,19 +9,31 @@ clips, which shows what a perfect generator scores):
   temporal_change (mean |frame_t+1 - frame_t|, [0,1] pixels); fd_randproj (Fréchet distance to the held-out
   clips in a fixed 32-d random projection of 4x16x16 frames: not FVD); heldout_loss and heldout_loss_b0..b3
   (diffusion loss in four timestep buckets, fixed noise and t).
+
+Heavy or optional imports (mlflow) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
 import torch
 
 from opensora_core.config import Config
+from opensora_core.diffusion import IDDPM
+from opensora_core.encoders import build_text_encoder, build_vae
+from opensora_core.eval import metrics as M
+from opensora_core.eval.heldout import heldout_loss
+from opensora_core.eval.prompts import heldout_rows, read_clip
+from opensora_core.eval.sample import generate, write_samples
 from opensora_core.io import atomic_write
+from opensora_core.models.stage import build_stage_model
+from opensora_core.tracking import log_table, start_run
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +47,12 @@ def trained_stages(cfg: Config) -> list[str]:
 
 def step0_model(cfg: Config, stage: str):
     """The untrained model, initialised exactly as training starts it (seed cfg.seed, rank 0), at `stage`'s size."""
-    from opensora_core.models.stage import build_stage_model
-
     torch.manual_seed(cfg.seed)
     return build_stage_model(cfg, stage).eval()
 
 
 def stage_model(cfg: Config, stage: str):
     from opensora_core.checkpoint import load_ema_weights
-    from opensora_core.models.stage import build_stage_model
 
     model = build_stage_model(cfg, stage)
     model.load_state_dict(load_ema_weights(cfg.paths.ckpt_dir(stage)))
@@ -52,8 +61,6 @@ def stage_model(cfg: Config, stage: str):
 
 def _real_clips(cfg: Config, rows: list[dict], stage: str) -> torch.Tensor | None:
     """Held-out clips `[N, 3, T, S, S]` at the stage's frames/stride/size, or None when prompts have no clips."""
-    from opensora_core.eval.prompts import read_clip
-
     st = cfg.stage(stage)
     paths = [r for r in rows if r.get("path")]
     if not paths:
@@ -65,8 +72,6 @@ def sample_seeds(cfg: Config, model, vae, text_encoder, texts: list[str], seeds:
                  progress: bool = True) -> torch.Tensor:
     """Videos `[k * N, 3, T, H, W]` of the N `texts` sampled with the evaluate stage's sampler, seed by seed:
     eval.seed, eval.seed + 1, ... (k = `seeds`, default eval.seeds)."""
-    from opensora_core.eval.sample import generate
-
     return torch.cat([generate(model, vae, text_encoder, texts, cfg_scale=cfg.eval.cfg_scale,
                                steps=cfg.eval.sampling_steps, seed=cfg.eval.seed + k, batch_size=cfg.eval.batch_size,
                                progress=progress) for k in range(seeds or cfg.eval.seeds)])
@@ -76,8 +81,6 @@ def score_model(cfg: Config, model, stage: str, rows: list[dict], vae, text_enco
                 progress: bool = True, seeds: int | None = None) -> tuple[dict[str, float], list[dict]]:
     """Sample every row with `seeds` seeds (default eval.seeds), write the first seed's files and compute every
     metric of one model at `stage`'s size."""
-    from opensora_core.eval.sample import write_samples
-
     texts = [r["text"] for r in rows]
     videos = sample_seeds(cfg, model, vae, text_encoder, texts, seeds, progress)
     write_samples(videos[: len(rows)], texts, out_dir)
@@ -90,10 +93,6 @@ def score_videos(cfg: Config, model, stage: str, rows: list[dict], videos: torch
     `model`): temporal change;
     adherence when the rows carry ground truth; with real held-out clips, the Fréchet distance and `model`'s
     held-out loss per timestep bucket. `enc` is the text encoder's output for the rows. Returns (metrics, per-clip rows)."""
-    from opensora_core.diffusion import IDDPM
-    from opensora_core.eval import metrics as M
-    from opensora_core.eval.heldout import heldout_loss
-
     out: dict[str, float] = {"temporal_change": M.temporal_change(videos)}
     table: list[dict] = []
     copies = len(videos) // len(rows)
@@ -112,8 +111,6 @@ def score_videos(cfg: Config, model, stage: str, rows: list[dict], videos: torch
 
 def _reference(cfg: Config, rows: list[dict], stage: str) -> dict[str, float]:
     """What a perfect generator scores: the metrics of the real held-out clips themselves."""
-    from opensora_core.eval import metrics as M
-
     real = _real_clips(cfg, rows, stage)
     if real is None:
         return {}
@@ -137,8 +134,6 @@ def evaluate(cfg: Config, stages: list[str] | None = None, include_step0: bool =
     (tag stage=evaluate). Returns the metrics dict. `vae` / `text_encoder` default to `build_vae(cfg)` /
     `build_text_encoder(cfg)`.
     """
-    from opensora_core.eval.prompts import heldout_rows
-
     done = trained_stages(cfg)
     stages = [s for s in (stages or done)]
     missing = [s for s in stages if s not in done]
@@ -148,8 +143,6 @@ def evaluate(cfg: Config, stages: list[str] | None = None, include_step0: bool =
     final = stages[-1]
     rows = heldout_rows(cfg)
     if vae is None or text_encoder is None:
-        from opensora_core.encoders import build_text_encoder, build_vae
-
         vae = vae if vae is not None else build_vae(cfg)
         text_encoder = text_encoder if text_encoder is not None else build_text_encoder(cfg)
     enc = text_encoder.encode([r["text"] for r in rows])
@@ -178,10 +171,6 @@ def evaluate(cfg: Config, stages: list[str] | None = None, include_step0: bool =
 
 
 def _log_to_mlflow(cfg: Config, metrics: dict[str, float], tables: dict[str, list[dict]], eval_dir: Path) -> None:
-    import math
-
-    from opensora_core.tracking import log_table, start_run
-
     with start_run(cfg, "evaluate", stage="evaluate") as run:
         import mlflow
 

@@ -4,6 +4,9 @@ Source of prompts, in order: `cfg.eval.prompts` (a text file, one prompt per lin
 from synthetic captions where possible), else the manifest's val split (ground truth from its columns;
 single-object clips first, interleaved across motions so a short list still covers every direction), else
 the bundled `assets/prompts/tiny_heldout.txt` (package data, see opensora_core.project).
+
+Heavy or optional imports (av, pandas, safetensors, torch) happen inside the functions that need them, so importing
+this module (the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations

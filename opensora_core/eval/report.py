@@ -1,6 +1,10 @@
 """The comparison report: loss curves of chosen MLflow runs (fp16 vs bf16, lr, stage by stage), a metrics table,
 sample grids side by side; one HTML file with its PNGs alongside, logged to MLflow. `summary_markdown` gives
-the short markdown the Prefect flow publishes as an artifact."""
+the short markdown the Prefect flow publishes as an artifact.
+
+Heavy or optional imports (matplotlib, mlflow) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from opensora_core.config import Config
+from opensora_core.tracking import configure, start_run
 
 log = logging.getLogger(__name__)
 CURVE_METRICS = ("loss", "grad_norm", "lr", "loss_scale")
@@ -94,8 +99,6 @@ def build_report(cfg: Config, run_ids: list[str] | None = None, experiment: str 
     """Write `out_dir/report.html` (+ PNGs) for the chosen runs (default: the config's experiment); returns its path."""
     from mlflow.tracking import MlflowClient
 
-    from opensora_core.tracking import configure
-
     configure(cfg)
     client = MlflowClient()
     runs = find_runs(client, experiment or (None if run_ids else cfg.tracking.experiment), run_ids)
@@ -128,8 +131,6 @@ def build_report(cfg: Config, run_ids: list[str] | None = None, experiment: str 
     path.write_text("\n".join(h))
     (out / "summary.md").write_text(summary_markdown(local_metrics, runs))
     if track:
-        from opensora_core.tracking import start_run
-
         with start_run(cfg, "report", stage="report", log_config=False) as _run:
             import mlflow
 

@@ -5,6 +5,9 @@ learned `y_embedder.y_embedding`, as in Open-Sora 1.0) and decodes through the V
 noise of prompt i comes from its own generator seeded (seed, i), so a prompt's video does not depend on the
 batch size or on the other prompts; the per-step noise comes from one generator per batch seeded
 (seed, first index), so a whole run is reproducible for a seed and batch size.
+
+Heavy or optional imports (PIL, av, mlflow) happen inside the functions that need them, so importing this module
+(the CLI, the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
+
+from opensora_core.config import config_from_json
+from opensora_core.diffusion import IDDPM
+from opensora_core.encoders import build_text_encoder, build_vae
+from opensora_core.models.stage import build_stage_model
+from opensora_core.tracking import configure
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +57,7 @@ def load_checkpoint_model(checkpoint: str | Path, use_ema: bool = True):
     `checkpoint` is a stage directory (its `latest` is used) or one `step_XXXXXXX` directory; the model is
     built from the config and stage stored in its meta.json, so no params.yaml is needed.
     """
-    from opensora_core.config import config_from_json
     from opensora_core.checkpoint import META, load_weights, resolve_checkpoint
-    from opensora_core.models.stage import build_stage_model
 
     path = Path(checkpoint)
     try:  # verified like a resume: a damaged `latest` falls back to the newest complete checkpoint, warning
@@ -87,10 +95,6 @@ def generate(model, vae, text_encoder, prompts: Sequence[str], *, cfg_scale: flo
         decode: False returns the sampled latents (unclamped; `vae` is not used and may be None).
     Returns: videos `[len(prompts), 3, T, H, W]` in [-1, 1] (float32, CPU), or latents `[len(prompts), C, T, h, w]`.
     """
-    from tqdm import tqdm
-
-    from opensora_core.diffusion import IDDPM
-
     device = next(model.parameters()).device
     model.eval()
     T, h, w = latent_size or model.input_size
@@ -153,7 +157,7 @@ def write_gif(frames: np.ndarray, path: str | Path, fps: int = 8, min_side: int 
     """An animated gif of `frames` `[T, H, W, 3]` uint8, upscaled (nearest) to at least `min_side` pixels.
 
     One palette for the whole clip, chosen at the native size: PIL would otherwise pick one per frame after the
-    upscale, a median cut over 16x the pixels (the evaluate stage spent 30 of its ~130 s there), and a per-frame
+    upscale, a median cut over 16x the pixels (a large share of the evaluate stage's time), and a per-frame
     palette can make a still colour flicker. Upscaling the palette image with nearest neighbour adds no colour.
     """
     from PIL import Image
@@ -219,8 +223,6 @@ def log_samples_to_run(cfg, run_id: str | None, sample_dir: str | Path, artifact
         return False
     from mlflow.tracking import MlflowClient
 
-    from opensora_core.tracking import configure
-
     configure(cfg)
     try:
         MlflowClient().log_artifacts(run_id, str(sample_dir), artifact_path=artifact_path)
@@ -234,8 +236,6 @@ def sample_checkpoint(checkpoint: str | Path, prompts: Sequence[str], out_dir: s
                       steps: int = 100, seed: int = 0, batch_size: int = 8, track: bool = True,
                       progress: bool = True) -> list[dict[str, Any]]:
     """What `opensora sample` does: EMA model of a checkpoint -> videos -> files (-> the stage's MLflow run)."""
-    from opensora_core.encoders import build_text_encoder, build_vae
-
     model, cfg, stage, step_dir = load_checkpoint_model(checkpoint)
     vae, text_encoder = build_vae(cfg), build_text_encoder(cfg)
     videos = generate(model, vae, text_encoder, prompts, cfg_scale=cfg_scale, steps=steps, seed=seed,

@@ -37,6 +37,11 @@ import numpy as np
 import torch
 
 from opensora_core.config import Config
+from opensora_core.encoders import build_text_encoder, build_vae
+from opensora_core.eval.evaluation import score_videos
+from opensora_core.eval.prompts import heldout_rows
+from opensora_core.eval.sample import generate, write_gif_grid
+from opensora_core.models.stage import build_stage_model
 from opensora_core.tracking import MetricsLog
 
 log = logging.getLogger("opensora.train")
@@ -75,8 +80,6 @@ class EncodedPrompts:
 
 def watch_prompts(cfg: Config, n: int) -> list[dict]:
     """The K held-out prompts a watcher samples (eval.prompts.heldout_rows); a clear error when there are none."""
-    from opensora_core.eval.prompts import heldout_rows
-
     try:
         rows = heldout_rows(cfg, n)
     except (FileNotFoundError, ValueError) as e:
@@ -93,8 +96,6 @@ class TrainingWatcher:
 
     def __init__(self, cfg: Config, stage: str, out_dir: Path, mlflow=None, device: torch.device | str = "cpu",
                  resume_step: int = 0, vae=None, text_encoder=None):
-        from opensora_core.models.stage import build_stage_model
-
         tc = cfg.train
         self.cfg, self.stage, self.mlflow = cfg, stage, mlflow
         self.device = torch.device(device)
@@ -116,8 +117,6 @@ class TrainingWatcher:
                  self.every, self.steps, self.cfg_scale)
 
     def _encoders(self, vae, text_encoder):
-        from opensora_core.encoders import build_text_encoder, build_vae
-
         try:
             vae = vae if vae is not None else build_vae(self.cfg, str(self.device))
             text_encoder = text_encoder if text_encoder is not None else build_text_encoder(self.cfg, str(self.device))
@@ -139,9 +138,6 @@ class TrainingWatcher:
 
     def run(self, step: int, ema) -> dict[str, float]:
         """Sample the prompts with `ema`'s weights (an `EMA` or a state dict), score, write and log; the row."""
-        from opensora_core.eval.evaluation import score_videos
-        from opensora_core.eval.sample import generate, write_gif_grid
-
         t0 = time.perf_counter()
         state = ema.state_dict()
         with isolated_rng(self.device):

@@ -1,8 +1,8 @@
 """The stage bodies and the one public registry of stages (`STAGES`): what each kind of stage does.
 
 A body takes a `StageContext` and returns its metrics. Bodies import their layer's code inside the function: a
-stage process (DVC runs one per stage) then pays only for its own imports (torch, diffusers, transformers take
-6-9 s to import), and `opensora --help` none.
+stage process (DVC runs one per stage) then pays only for its own heavy imports (torch, diffusers, transformers),
+and `opensora --help` none.
 
 MLflow: a body whose `tracks_itself` is false runs inside a child run that the runner opens; the training job's
 rank 0 and the evaluate stage open their own run, joining the same parent (OPENSORA_PARENT_RUN_ID).
@@ -18,7 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from opensora_core.config import Config, Params
+from opensora_core.data.cache import build_latent_cache
+from opensora_core.data.stages import caption_data, prepare_data
+from opensora_core.eval import evaluate as evaluate_stages
 from opensora_core.pipeline.process import LineCallback
+from opensora_core.train.launcher import launch, train_args
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,6 @@ def _on_dask(ctx: StageContext, stage_id: str) -> None:
 
 
 def prepare(ctx: StageContext) -> dict[str, float]:
-    from opensora_core.data.stages import prepare_data
-
     if ctx.cfg.data.dask and ctx.cfg.data.source == "ingest":
         _on_dask(ctx, "prepare")  # probe, hash and scene-split every file on the cluster; then assembles below
     prepare_data(ctx.cfg)
@@ -60,8 +62,6 @@ def prepare(ctx: StageContext) -> dict[str, float]:
 
 
 def caption(ctx: StageContext) -> dict[str, float]:
-    from opensora_core.data.stages import caption_data
-
     caption_data(ctx.cfg)
     return _manifest_metrics(ctx.cfg.paths.manifest, "captioned_clips")
 
@@ -98,7 +98,6 @@ def cache(ctx: StageContext) -> dict[str, float]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "DISABLED").write_text("train.use_latent_cache is false: the training job encodes online\n")
         return {}
-    from opensora_core.data.cache import build_latent_cache
 
     if cfg.data.dask:
         _on_dask(ctx, f"cache@{stage}")  # one task per shard on the cluster; build_latent_cache then finds it done
@@ -110,8 +109,6 @@ def train(ctx: StageContext) -> dict[str, float]:
     """Launch `opensora train --stage S` on cfg.train.processes ranks (torchrun); multi-node jobs read
     OPENSORA_NNODES / OPENSORA_RDZV_ENDPOINT / OPENSORA_NODE_RANK (set by the cluster's worker).
     Every process of the job inherits the stage lock, so the lock outlives none of them."""
-    from opensora_core.train.launcher import launch, train_args
-
     params, stage = ctx.params, ctx.stage
     errors: list[str] = []  # the job's error lines, so the failure message says why
 
@@ -133,8 +130,6 @@ def train(ctx: StageContext) -> dict[str, float]:
 
 def evaluate(ctx: StageContext) -> dict[str, float]:
     """Samples, prompt adherence and held-out loss of every trained stage; logs its own MLflow run."""
-    from opensora_core.eval import evaluate as evaluate_stages
-
     result = evaluate_stages(ctx.cfg, track=ctx.track)
     if not isinstance(result, dict) and ctx.cfg.paths.metrics.exists():
         result = json.loads(ctx.cfg.paths.metrics.read_text())
@@ -156,7 +151,7 @@ def _numbers(d: dict) -> dict[str, float]:
 
 
 def _manifest_metrics(path: Path, name: str) -> dict[str, float]:
-    import pandas as pd  # ~0.5 s: only the stages that read a manifest pay it
+    import pandas as pd  # heavy: only the stages that read a manifest pay it
 
     return {name: float(len(pd.read_csv(path)))} if path.exists() else {}
 

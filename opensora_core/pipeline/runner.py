@@ -3,6 +3,8 @@
 Each stage is idempotent. Training never runs in the caller's process: its body goes through the launcher,
 which starts `cfg.train.processes` ranks; a rerun of an unfinished job with the same fingerprint resumes from
 its last checkpoint, a changed fingerprint starts over.
+
+mlflow is imported only where a stage's MLflow run is looked up: the runner's own start-up stays light.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ One parent run per pipeline run, a child run per stage: a stage joins its parent
 `OPENSORA_PARENT_RUN_ID` environment variable (set by the flow for the jobs it launches). Every run is tagged
 with preset / stage / dtype / lr so that comparing fp16 with bf16 or lr 1e-4 with 2e-5 is one filter away,
 e.g. `tags.dtype = 'fp16'` in the MLflow UI.
+
+mlflow (slow to import) is imported inside the functions that talk to the tracking server, so the CLI and
+the stage processes that do not track never pay for it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Training metrics that survive the tracking server going away: rank 0's buffered MLflow run, and sending what
-a job could not send later (`opensora tracking send <file>`)."""
+a job could not send later (`opensora tracking send <file>`).
+
+mlflow (slow to import) is imported inside the functions that send to the server, so a run with tracking off
+never loads it.
+"""
 
 from __future__ import annotations
 

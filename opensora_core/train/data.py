@@ -3,6 +3,9 @@
 `TrainData.batch_inputs(batch)` turns a DataLoader batch into `(x [B, C, T, h, w], y [B, 1, N, Cc],
 mask [B, N])` on the device, whichever the source: the cache already holds VAE latents and T5 outputs; online
 encoding runs the frozen VAE and text encoder on each batch (Open-Sora 1.0's default).
+
+Heavy or optional imports (pandas) happen inside the functions that need them, so importing this module (the CLI,
+the stage processes, the Dask workers do) does not load them.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from opensora_core.config import Config
+from opensora_core.data.cache import LatentCacheDataset
+from opensora_core.encoders import build_text_encoder, build_vae
 
 
 @dataclass
@@ -40,8 +46,6 @@ def build_dataset(cfg: Config, stage: str):
     """LatentCacheDataset of the stage (train.use_latent_cache) or the VideoDataset of the manifest's train split."""
     st = cfg.stage(stage)
     if cfg.train.use_latent_cache:
-        from opensora_core.data.cache import LatentCacheDataset
-
         cache = cfg.paths.cache_dir(stage)
         if not cache.exists():
             raise FileNotFoundError(f"latent cache {cache} not found: run `opensora data cache --stage {stage}` first "
@@ -66,8 +70,6 @@ def build_train_data(cfg: Config, stage: str, rank: int, dp_size: int, dp_rank: 
 
     Ranks of the same sequence-parallel group share a dp_rank, so they see the same samples.
     """
-    from torch.utils.data import DataLoader
-
     st = cfg.stage(stage)
     dataset = dataset if dataset is not None else build_dataset(cfg, stage)
     if len(dataset) < st.batch_size * dp_size:
@@ -83,8 +85,6 @@ def build_train_data(cfg: Config, stage: str, rank: int, dp_size: int, dp_rank: 
                         generator=torch.Generator().manual_seed(cfg.seed + rank))
     vae = text_encoder = None
     if not cfg.train.use_latent_cache:
-        from opensora_core.encoders import build_text_encoder, build_vae
-
         vae = build_vae(cfg).to(device).eval()
         text_encoder = build_text_encoder(cfg)
         if hasattr(text_encoder, "to"):

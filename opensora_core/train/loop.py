@@ -9,77 +9,39 @@ rank's RNG states are restored, so the resumed run continues bit for bit.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import random
 import signal
 import time
 import warnings
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 
-from opensora_core.config import Config
 from opensora_core import checkpoint as ckpt
 from opensora_core.checkpoint import sharded
-from opensora_core.train.data import build_train_data
-from opensora_core.train.ema import EMA
-from opensora_core.train.distributed import destroy_distributed, init_distributed
-from opensora_core.train.engines import make_engine
+from opensora_core.config import Config
 from opensora_core.diffusion.training import training_diffusion
+from opensora_core.models.sequence_parallel import enable_sequence_parallel
 from opensora_core.models.stage import build_stage_model, latent_size
-from opensora_core.train.init import init_weights
 from opensora_core.tracking import MetricsLog
+from opensora_core.train.data import build_train_data
+from opensora_core.train.distributed import destroy_distributed, init_distributed
+from opensora_core.train.ema import EMA
+from opensora_core.train.engines import make_engine
+from opensora_core.train.init import init_weights
 from opensora_core.train.metrics import COLUMNS, Throughput, memory_mb, peak_tflops
-from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, all_ranks_any, autocast
+from opensora_core.train.precision import LossScaler, NaNGuard, NonFiniteLossError, autocast
+from opensora_core.train.run_tracking import dataset_lineage, git_commit, log_dataset, tracking_run
+from opensora_core.train.seeding import seed_everything
+from opensora_core.train.stop import StopRequest, Terminated, agree
 
 log = logging.getLogger("opensora.train")
 
 
-class Terminated(RuntimeError):
-    """SIGTERM/SIGINT arrived: the job stops (after checkpointing its current step, when it was training)."""
-
-
-class _StopRequest:
-    """Signal handler: before the step loop, stop at once; in it, finish the step, checkpoint it, then stop
-    (pre-emption loses nothing). Every rank stops at the same step: they agree in the all-reduce that also
-    agrees on the loss being finite (one collective per step besides DDP's), see `_agree`."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.in_loop = False
-
-    def __call__(self, signum, _frame):
-        if not self.in_loop:
-            raise Terminated(f"received {signal.Signals(signum).name}")
-        self.signum = signum
-
-    def settle(self, any_rank: bool) -> bool:
-        """Take the ranks' verdict: some rank was asked to stop."""
-        if any_rank and self.signum is None:
-            self.signum = signal.SIGTERM
-        return any_rank
-
-
 # (cfg, stage, out_dir, mlflow run, device, resume step) -> an object with `maybe_run(step, ema)`, or None
 WatcherFactory = Callable[..., Any]
-
-def _agree(loss: torch.Tensor, stop: _StopRequest, device) -> tuple[bool, bool]:
-    """(some rank's loss is NaN/inf, some rank was asked to stop), in one all-reduce."""
-    bad, stopping = all_ranks_any((not math.isfinite(float(loss.detach())), stop.signum is not None), device)
-    return bad, stop.settle(stopping)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
 
 def stage_lr(cfg: Config, stage: str) -> float:
     return cfg.stage(stage).lr or cfg.train.lr
@@ -91,76 +53,6 @@ def _warmup(warmup_steps: int):
 
 def _scheduler_state(scheduler) -> dict:
     return {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-
-
-def _git_commit(project_dir: Path) -> str:
-    """The project's commit (the user's repository, not the installed tool's)."""
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=project_dir, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _dataset_lineage(cfg: Config, stage: str, out_dir: Path, is_main: bool):
-    """(clip list, summary) of what trains this stage (opensora_core.data.lineage); rank 0 writes the list beside
-    the checkpoints. (None, None) when the stage trains without a manifest (hand-made caches in tests)."""
-    from opensora_core.data import lineage
-
-    try:
-        clips = lineage.training_clips(cfg, stage)
-    except (FileNotFoundError, KeyError) as e:
-        log.warning("no dataset lineage for %s: %s", stage, e)
-        return None, None
-    if is_main:
-        lineage.write_clips(clips, out_dir)
-    return clips, lineage.describe(cfg, stage, clips)
-
-
-def _log_dataset(clips, dataset: dict) -> None:
-    """mlflow.log_input into the active run; a tracking server that fails here costs the Dataset column only."""
-    import mlflow
-
-    from opensora_core.data import lineage
-
-    try:
-        lineage.log_input(mlflow, clips, dataset)
-    except Exception as e:  # noqa: BLE001 - tracking must not stop training (see tracking.BufferedRun)
-        log.warning("could not log the dataset to MLflow: %s", e)
-
-
-@contextlib.contextmanager
-def _tracking(cfg: Config, stage: str, enabled: bool, run_id: str | None, tags: dict):
-    """Rank 0's MLflow run as a tracking.BufferedRun (None elsewhere or when disabled): a tracking server that
-    goes down never stops training. Resumed jobs log into their previous run. A run that dies is ended FAILED
-    (KILLED for SIGTERM) with a `failure_reason` tag."""
-    if not enabled:
-        yield None
-        return
-    from opensora_core import tracking
-
-    previous = os.environ.pop(tracking.RUN_ENV, None)
-    run_id = run_id or previous  # the checkpoint's run first, else one the caller asked to join
-    if run_id:
-        os.environ[tracking.RUN_ENV] = run_id
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(tracking.start_run(cfg, run_name=stage, stage=stage, tags=tags))
-        finally:  # the variable only tells start_run which run to join: do not leak it to later calls
-            os.environ.pop(tracking.RUN_ENV, None)
-            if previous is not None:
-                os.environ[tracking.RUN_ENV] = previous
-        import mlflow
-
-        tracker = tracking.BufferedRun(mlflow.active_run().info.run_id, cfg.paths.ckpt_dir(stage))
-        try:
-            yield tracker
-        except BaseException as e:
-            tracker.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:4000])
-            tracker.end(status="KILLED" if isinstance(e, (Terminated, KeyboardInterrupt)) else "FAILED")
-            raise
 
 
 def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None,
@@ -176,7 +68,7 @@ def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None,
     if cfg.train.sample_every and watcher is None:
         raise ValueError(f"train.sample_every={cfg.train.sample_every} needs a watcher: pass "
                          "watcher=opensora_core.eval.watch.TrainingWatcher.for_stage (the `opensora train` command does)")
-    stop = _StopRequest()
+    stop = StopRequest()
     old_handlers = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     env = init_distributed(timeout_s=cfg.train.collective_timeout_s)
     try:
@@ -187,7 +79,7 @@ def train_stage(cfg: Config, stage: str, *, track: bool = True, dataset=None,
         destroy_distributed()
 
 
-def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopRequest,
+def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: StopRequest,
            make_watcher: WatcherFactory | None) -> dict[str, Any]:
     st, tc = cfg.stage(stage), cfg.train
     out_dir = cfg.paths.ckpt_dir(stage)
@@ -213,8 +105,6 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
     if resume_from and not resume_sharded:
         ema.load_state_dict(ckpt.load_ema_state(resume_from))
     if sp_size > 1:
-        from opensora_core.models.sequence_parallel import enable_sequence_parallel
-
         enable_sequence_parallel(engine.unwrap(train_model), sp_size)
     lr = stage_lr(cfg, stage)
     optimizer = engine.make_optimizer(engine.unwrap(train_model), lr, tc.weight_decay)
@@ -250,14 +140,14 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
     tokens_per_sample = model_ref.num_tokens(latent_size(cfg, stage)) if hasattr(model_ref, "num_tokens") else 0
     global_batch = st.batch_size * dp_size
     throughput = Throughput(model_ref, latent_size(cfg, stage), global_batch, env.world_size, peak_tflops(env.device, tc.dtype, tc.peak_tflops))
-    tags = {"engine": tc.engine, "git_commit": _git_commit(cfg.project_dir), "checkpoint_dir": str(out_dir), "init": init_desc,
+    tags = {"engine": tc.engine, "git_commit": git_commit(cfg.project_dir), "checkpoint_dir": str(out_dir), "init": init_desc,
             "world_size": env.world_size, "sp_size": sp_size}
     if env.is_main:
         log.info("stage %s: %s, %d params, %d ranks (sp %d), batch %d/rank, lr %g, %s, steps %d -> %d",
                  stage, init_desc, sum(p.numel() for p in model.parameters()), env.world_size, sp_size,
                  st.batch_size, lr, tc.dtype, step, st.max_steps)
 
-    clips, dataset = _dataset_lineage(cfg, stage, out_dir, env.is_main)
+    clips, dataset = dataset_lineage(cfg, stage, out_dir, env.is_main)
 
     def save(step_now: int, run_id: str | None) -> None:
         state = ckpt.TrainState(
@@ -272,10 +162,10 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
         if env.is_main:
             log.info("saved checkpoint %s", path)
 
-    with _tracking(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as tracker:
+    with tracking_run(cfg, stage, track, meta.mlflow_run_id if meta else None, tags) as tracker:
         run_id = tracker.run_id if tracker else (meta.mlflow_run_id if meta else None)
         if tracker and dataset and not meta:  # the runs table's Dataset column: which clips trained this run
-            _log_dataset(clips, dataset)
+            log_dataset(clips, dataset)
         metrics = MetricsLog(out_dir, tracker, resume_step=step, columns=COLUMNS) if env.is_main else None
         # rank 0 samples between steps, no collective: the other ranks wait in the next step's all-reduce (watch.py)
         watcher = make_watcher(cfg, stage, out_dir, tracker, env.device, step) if env.is_main and make_watcher else None
@@ -295,7 +185,7 @@ def _train(cfg: Config, stage: str, env, track: bool, dataset, stop: _StopReques
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 grad_norm = float("nan")
-                loss_bad, stop_now = _agree(loss, stop, env.device)
+                loss_bad, stop_now = agree(loss, stop, env.device)
                 if guard.observe(loss_bad, step):
                     ok, grad_norm = engine.backward_step(loss, optimizer, model_ref, scaler, tc.grad_clip, sp_size)
                     if ok:

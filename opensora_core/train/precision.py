@@ -30,8 +30,7 @@ def autocast(dtype: str, device: torch.device):
 
 def all_ranks_any(flags, device: torch.device) -> tuple[bool, ...]:
     """For each flag, True if it is true on any rank (so every rank takes the same branch and DDP stays in
-    lock-step). One all-reduce for all of them: every collective is a point where each rank waits for the slowest
-    (on 2 CPU ranks an extra one per step measured within the noise of a ~140 ms step, 3 interleaved rounds)."""
+    lock-step). One all-reduce for all of them: every collective is a point where each rank waits for the slowest."""
     flags = tuple(bool(f) for f in flags)
     if not (dist.is_available() and dist.is_initialized()):
         return flags

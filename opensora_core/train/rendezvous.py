@@ -24,7 +24,11 @@ from torch.distributed.elastic.rendezvous import (
     RendezvousHandler,
     RendezvousParameters,
     RendezvousTimeoutError,
+    dynamic_rendezvous,
+    rendezvous_handler_registry,
 )
+from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import create_backend
+from torch.distributed.run import main as torchrun_main
 
 BACKEND = "opensora-c10d"
 _KEY = "opensora/rendezvous/{run_id}/{what}"
@@ -89,9 +93,6 @@ class ReportingRendezvousHandler(RendezvousHandler):
 
 
 def create_handler(params: RendezvousParameters) -> RendezvousHandler:
-    from torch.distributed.elastic.rendezvous import dynamic_rendezvous
-    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import create_backend
-
     try:
         backend, store = create_backend(params)
     except RendezvousConnectionError as e:
@@ -103,9 +104,6 @@ def create_handler(params: RendezvousParameters) -> RendezvousHandler:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
-    from torch.distributed.run import main as torchrun_main
-
     rendezvous_handler_registry.register(BACKEND, create_handler)
     torchrun_main(argv if argv is not None else sys.argv[1:])
 

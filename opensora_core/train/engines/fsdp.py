@@ -29,6 +29,7 @@ import logging
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from opensora_core.checkpoint import sharded
 from opensora_core.train.distributed import broadcast_from_rank0, ensure_process_group
@@ -50,8 +51,6 @@ class FsdpEngine(TorchEngine):
         ensure_process_group(env.device)
 
     def mixed_precision(self):
-        from torch.distributed.fsdp import MixedPrecisionPolicy
-
         if self.dtype == "fp32":
             return MixedPrecisionPolicy()
         return MixedPrecisionPolicy(param_dtype=DTYPES[self.dtype], reduce_dtype=torch.float32)
@@ -60,8 +59,6 @@ class FsdpEngine(TorchEngine):
         """Shard `model` in place (returned for symmetry with DDP). Every rank first takes rank 0's weights:
         the loop seeds ranks differently before building the model, and fully_shard, unlike DDP, keeps each
         rank's own values for its shard."""
-        from torch.distributed.fsdp import fully_shard
-
         model.to(self.env.device)
         broadcast_from_rank0([*model.parameters(), *model.buffers()])
         kw = {"mp_policy": self.mixed_precision(), "reshard_after_forward": self.reshard_after_forward}
