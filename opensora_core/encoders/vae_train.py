@@ -187,8 +187,6 @@ class VAETrainResult:
 
 
 VAE_THREADS = 2
-# the schedule's former name (tests/encoders/test_vae_train.py imports it)
-_LrSchedule = StableDecaySchedule
 
 
 def train_tiny_vae(source: str | Path | Iterable[str | Path] | tuple[torch.Tensor, torch.Tensor], out_dir: str | Path,

@@ -62,9 +62,9 @@ def test_the_trained_vae_does_not_depend_on_the_callers_thread_count(tmp_path):
 
 
 def test_the_lr_holds_until_the_psnr_level_then_decays_within_the_step_budget():
-    from opensora_core.encoders.vae_train import _LrSchedule
+    from opensora_core.encoders.vae_schedule import StableDecaySchedule
 
-    s = _LrSchedule(steps=3000, decay_at_psnr=27.0, decay_steps=400)
+    s = StableDecaySchedule(steps=3000, decay_at_psnr=27.0, decay_steps=400)
     for step, db in ((100, 18.0), (200, 22.5), (300, 26.9)):
         s.observe(step, db)
     assert s.factor(300) == 1.0 and not s.done(300)  # still on the plateau: full lr
@@ -72,7 +72,7 @@ def test_the_lr_holds_until_the_psnr_level_then_decays_within_the_step_budget():
     assert s.reached and s.factor(400) == 1.0 and s.factor(600) == pytest.approx(0.55) and s.factor(800) == pytest.approx(0.1)
     assert not s.done(799) and s.done(800)
 
-    late = _LrSchedule(steps=3000, decay_at_psnr=27.0, decay_steps=400)
+    late = StableDecaySchedule(steps=3000, decay_at_psnr=27.0, decay_steps=400)
     for step in range(100, 2600, 100):
         late.observe(step, 20.0)
     assert late.decay_from is None
