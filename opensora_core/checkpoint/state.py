@@ -10,8 +10,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from opensora_core.checkpoint.integrity import META  # noqa: F401 - the metadata file's name, with the rest
-
 LATEST = "latest"
 
 

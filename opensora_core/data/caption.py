@@ -83,6 +83,16 @@ def clip_key(row: dict) -> str:
     return str(row["path"]) if start is None or pd.isna(start) else f"{row['path']}@{float(start):.3f}"
 
 
+def caption_checkpoint(manifest_out: Path) -> Path:
+    """The jsonl log of finished captions beside a captioned manifest being written: a rerun resumes from it."""
+    return manifest_out.with_name(manifest_out.name + ".captions.jsonl")
+
+
+def finished_captions(checkpoint: Path) -> dict[str, str]:
+    """clip key -> caption of every clip the checkpoint holds (a line a crash cut short is redone)."""
+    return {k: rec["text"] for k, rec in read_jsonl(checkpoint, "key").items() if "text" in rec}
+
+
 def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captioner: Captioner, val_fraction: float = 0.1,
                      batch_size: int = 8, progress: bool = True) -> Path:
     """Caption every clip of `manifest_in` and write `manifest_out` (text + split). Resumable: finished batches are
@@ -90,8 +100,8 @@ def caption_manifest(manifest_in: str | Path, manifest_out: str | Path, captione
     df = read_manifest(manifest_in, reject_bad_rows=True)  # a bad row is dropped with a warning, not the whole run
     out = Path(manifest_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = out.with_name(out.name + ".captions.jsonl")
-    done = {k: rec["text"] for k, rec in read_jsonl(ckpt, "key").items() if "text" in rec}
+    ckpt = caption_checkpoint(out)
+    done = finished_captions(ckpt)
     rows = df.to_dict("records")
     todo = [r for r in rows if clip_key(r) not in done]
     if done:

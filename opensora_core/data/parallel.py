@@ -26,12 +26,11 @@ from distributed import Client, LocalCluster
 from opensora_core.config import Config, Params
 from opensora_core.data import dask_chunks
 from opensora_core.data.cache import INDEX, SHARD_SIZE, cache_fingerprint, default_encoder_key, publish_cache
-from opensora_core.data.caption import build_captioner, clip_key
+from opensora_core.data.caption import build_captioner, caption_checkpoint, clip_key, finished_captions
 from opensora_core.data.dataset import VideoDataset
-from opensora_core.data.ingest import PROGRESS, list_videos
+from opensora_core.data.ingest import PROGRESS, list_videos, resumable_records
 from opensora_core.data.manifest import read_manifest, reject_records
 from opensora_core.data.stages import caption_data, caption_up_to_date, prepare_data, scene_split, source_path
-from opensora_core.io import read_jsonl
 
 SCENE_THRESHOLD = 30.0  # ingest()'s default: the records in the progress file must not depend on who made them
 STEPS = ("prepare", "caption", "cache")
@@ -66,9 +65,9 @@ def prepare_on(client: Client | None, cfg: Config, chunks_per_worker: int | None
         out = cfg.paths.raw_dir
         out.mkdir(parents=True, exist_ok=True)
         progress_file = out / PROGRESS
-        done = read_jsonl(progress_file, "path")
-        todo = [f for f in list_videos(source_path(cfg)) if f not in done]  # as prepare_data lists them
         split = scene_split(cfg)
+        done = resumable_records(progress_file, split)  # what ingest() itself keeps of the progress file
+        todo = [f for f in list_videos(source_path(cfg)) if f not in done]  # as prepare_data lists them
         with progress_file.open("a") as f:
             def record(result: dict) -> None:
                 nonlocal n
@@ -104,8 +103,8 @@ def caption_on(client: Client | None, cfg: Config, captioner: Any = None, batch_
     spec = captioner if captioner is not None else (d.captioner, {"model": d.llava_model} if d.captioner == "llava" else {})
     out = cfg.paths.manifest
     out.parent.mkdir(parents=True, exist_ok=True)
-    ckpt = out.with_name(out.name + ".captions.jsonl")  # caption_manifest's checkpoint: it resumes from it
-    done = read_jsonl(ckpt, "key")
+    ckpt = caption_checkpoint(out)  # caption_manifest's checkpoint: it resumes from it
+    done = finished_captions(ckpt)
     rows = [r for r in read_manifest(cfg.paths.raw_manifest).to_dict("records") if clip_key(r) not in done]
     batches = [rows[b:b + batch_size] for b in range(0, len(rows), batch_size)]
     if client:

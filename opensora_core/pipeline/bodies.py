@@ -1,8 +1,8 @@
 """The stage bodies and the one public registry of stages (`STAGES`): what each kind of stage does.
 
-A body takes a `StageContext` and returns its metrics. Bodies import their layer's code inside the function: a
-stage process (DVC runs one per stage) then pays only for its own heavy imports (torch, diffusers, transformers),
-and `opensora --help` none.
+A body takes a `StageContext` and returns its metrics. The layers' modules imported here load their heavy
+dependencies (torch, diffusers, transformers) only when called, so a stage process (DVC runs one per stage) pays
+only for its own stage's; the encoders, the Dask route and pandas are imported inside the bodies that use them.
 
 MLflow: a body whose `tracks_itself` is false runs inside a child run that the runner opens; the training job's
 rank 0 and the evaluate stage open their own run, joining the same parent (OPENSORA_PARENT_RUN_ID).

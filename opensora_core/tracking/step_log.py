@@ -17,8 +17,8 @@ class MetricsLog:
     e.g. tracking.BufferedRun) to the MLflow run, each metric named `prefix + column`. A missing value is an empty
     CSV cell."""
 
-    def __init__(self, out_dir: Path, mlflow=None, resume_step: int = 0, name: str = "train_log",
-                 columns: tuple[str, ...] = (), prefix: str = ""):
+    def __init__(self, out_dir: Path, mlflow=None, resume_step: int = 0, name: str = "train_log", *,
+                 columns: tuple[str, ...], prefix: str = ""):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.out_dir / f"{name}.csv"

@@ -31,7 +31,7 @@ def make_engine(name: str, env: DistEnv, train_cfg=None):
         raise ValueError(f"unknown engine {name!r} ({' | '.join(ENGINES)})")
     module, cls_name = ENGINES[name]
     cls = getattr(importlib.import_module(module), cls_name)
-    return cls(env) if name == "torch" else cls(env, train_cfg)
+    return cls(env, train_cfg)
 
 
 __all__ = ["ENGINES", "TorchEngine", "adamw", "make_engine"]

@@ -21,7 +21,7 @@ class TorchEngine:
 
     name = "torch"
 
-    def __init__(self, env: DistEnv):
+    def __init__(self, env: DistEnv, train_cfg=None):  # train_cfg: the engines share one constructor
         self.env = env
 
     def prepare(self, model: nn.Module) -> nn.Module:
