@@ -1,6 +1,6 @@
 """How a flow run ends when its process is stopped or dies.
 
-- `bind_temporary_api()` (before a flow runs in this process): in ephemeral mode Prefect starts a temporary
+- `bind_temporary_api()` / `prepare_temporary_api()` (before a flow runs in this process): in ephemeral mode Prefect starts a temporary
   API server as a subprocess and stops it only from `atexit`, which a SIGKILL (or a SIGTERM that ends the
   process by signal) never runs. We start that server ourselves, the same way Prefect would (the flow then
   finds it running), and give it a reaper (opensora_core/lifetime.py) that stops it when this process is gone.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from opensora_core.lifetime import bind_to_owner, reap_with_me
 
@@ -28,26 +29,35 @@ log = logging.getLogger(__name__)
 
 def bind_temporary_api() -> None:
     """Start Prefect's temporary API server now (unless PREFECT_API_URL names one) and tie it to this process."""
+    prepare_temporary_api()()
+
+
+def prepare_temporary_api() -> Callable[[], None]:
+    """Import what starting Prefect's temporary API server needs, and return the function that starts it and ties
+    it to this process (a no-op when PREFECT_API_URL names a server). A caller that imports in another thread
+    meanwhile (the CLI prepares MLflow while the server starts) calls this first: both need SQLAlchemy's ORM, and
+    a module imported by two threads at once can be seen half-initialised by one of them (ImportError)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
+        return lambda: None
     from prefect.server.api import server as prefect_server
 
-    server = SubprocessASGIServer()  # the instance Prefect's client uses in ephemeral mode (one per process)
-    # Prefect announces it with a three-line pointer to its docs on every run; one line of ours says the same
-    quiet = logging.Filter()
-    quiet.filter = lambda record: not str(record.msg).startswith("Starting temporary server")
-    prefect_server.subprocess_server_logger.addFilter(quiet)
-    try:
-        server.start()
-    finally:
-        prefect_server.subprocess_server_logger.removeFilter(quiet)
-    log.info("Prefect: temporary API server on %s (set PREFECT_API_URL to use a running server)", server.address)
-    if server.server_process is not None:
-        reap_with_me(server.server_process.pid)
+    def start() -> None:
+        server = prefect_server.SubprocessASGIServer()  # the instance Prefect's client uses in ephemeral mode
+        # Prefect announces it with a three-line pointer to its docs on every run; one line of ours says the same
+        quiet = logging.Filter()
+        quiet.filter = lambda record: not str(record.msg).startswith("Starting temporary server")
+        prefect_server.subprocess_server_logger.addFilter(quiet)
+        try:
+            server.start()
+        finally:
+            prefect_server.subprocess_server_logger.removeFilter(quiet)
+        log.info("Prefect: temporary API server on %s (set PREFECT_API_URL to use a running server)", server.address)
+        if server.server_process is not None:
+            reap_with_me(server.server_process.pid)
+
+    return start
 
 
 def infrastructure_id(pid: int | None = None) -> str:

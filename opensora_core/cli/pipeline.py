@@ -106,14 +106,15 @@ def _prepare_tracking(params) -> None:
 def run_flow(params, stage_list, force, train_retries, use_dvc, nodes: int = 1):
     """Run the progressive-training flow in this process (Prefect ephemeral mode unless PREFECT_API_URL is set)."""
     _quiet_prefect()
+    from flows.progressive_training import progressive_training
+    from flows.run_lifetime import prepare_temporary_api
+
+    start_temporary_api = prepare_temporary_api()  # its imports first: the thread below imports the same modules
     # MLflow's import and a new project's database (slow on busy cores) overlap the temporary Prefect server's
     # start (mostly in its own process); an error here shows again, reported, when the flow opens its run
     tracking_ready = threading.Thread(target=_prepare_tracking, args=(params,), daemon=True)
     tracking_ready.start()
-    from flows.progressive_training import progressive_training
-    from flows.run_lifetime import bind_temporary_api
-
-    bind_temporary_api()  # the temporary Prefect server dies with this process, even by SIGKILL
+    start_temporary_api()  # the temporary Prefect server dies with this process, even by SIGKILL
     tracking_ready.join()
     return progressive_training(
         preset=params.preset, overrides=list(params.overrides), stages_to_run=stage_list or None, force=force,
